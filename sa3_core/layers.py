@@ -1,0 +1,269 @@
+"""Building blocks shared by the SA3 diffusion transformer and the SAME autoencoder.
+
+Module and parameter names follow the official checkpoints, so ``state_dict()`` keys line up with them:
+norms keep ``gamma`` (and ``alpha``/``beta`` for DyT), the feed-forward keeps ``ff.0.proj`` / ``ff.2``,
+attention keeps ``to_qkv`` or ``to_q``/``to_kv``, ``to_out``, ``q_norm``, ``k_norm``.
+
+Linear layers come from an injected ``operations`` namespace (``torch.nn`` by default, ComfyUI passes
+``comfy.ops.*``); small parameters that are used directly (norm scales) are cast to the input's device
+and dtype at use, as ComfyUI's manual-cast layers do.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import Window, attention
+
+Operations = Any  # a namespace with Linear / Conv1d classes: torch.nn or comfy.ops.*
+
+
+def _cast(param: torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return param.to(device=like.device, dtype=dtype or like.dtype)
+
+
+class RMSNorm(nn.Module):
+    """RMS normalisation over the last dim with a learned scale ``gamma`` (no bias).
+
+    ``force_fp32=True`` normalises in float32 and casts back (the DiT's block norms, eps 1e-5);
+    the per-head q/k norms use eps 1e-6 in the input dtype.
+    """
+
+    def __init__(self, dim: int, *, eps: float = 1e-5, force_fp32: bool = False, device=None, dtype=None):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+        self.eps = eps
+        self.force_fp32 = force_fp32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.force_fp32:
+            out = F.rms_norm(x.float(), x.shape[-1:], weight=_cast(self.gamma, x, torch.float32), eps=self.eps)
+            return out.to(x.dtype)
+        return F.rms_norm(x, x.shape[-1:], weight=_cast(self.gamma, x), eps=self.eps)
+
+
+class DyT(nn.Module):
+    """Dynamic tanh, ``gamma * tanh(alpha * x) + beta`` with a learned scalar ``alpha`` (SAME's norm)."""
+
+    def __init__(self, dim: int, *, init_alpha: float = 4.0, device=None, dtype=None):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.full((1,), init_alpha, device=device, dtype=dtype))
+        self.gamma = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+        self.beta = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _cast(self.gamma, x) * torch.tanh(_cast(self.alpha, x) * x) + _cast(self.beta, x)
+
+
+class ExpoFourierFeatures(nn.Module):
+    """``[cos(2 pi t f_k), sin(2 pi t f_k)]`` with ``f_k`` log-spaced in ``[min_freq, max_freq]``.
+
+    Input ``(B,)`` or ``(B, 1)``; output ``(B, dim)`` in the input dtype, computed in float32.
+    No parameters (the DiT's ``timestep_features`` and the seconds conditioner both use it).
+    """
+
+    def __init__(self, dim: int, min_freq: float = 0.5, max_freq: float = 10000.0):
+        super().__init__()
+        self.dim = dim
+        self.min_freq = min_freq
+        self.max_freq = max_freq
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        in_dtype = t.dtype
+        t = t.float()
+        if t.dim() == 1:
+            t = t.unsqueeze(-1)
+        ramp = torch.linspace(0, 1, self.dim // 2, device=t.device, dtype=torch.float32)
+        log_min, log_max = math.log(self.min_freq), math.log(self.max_freq)
+        freqs = torch.exp(ramp * (log_max - log_min) + log_min)
+        # Same multiplication order as the official code, so float32 results agree bit for bit.
+        args = t * freqs * 2 * math.pi
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(in_dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position table over ``dim`` channels (32 = the first half of a 64-dim head).
+
+    ``inv_freq`` is a *persistent* buffer: the official checkpoints store it, and it is cast with the model
+    (fp16 rounds it), so it is loaded, not recomputed. It is initialised to ``base^(-2j/dim)`` so that a
+    model built without a checkpoint still works.
+    """
+
+    def __init__(self, dim: int = 32, *, base: float = 10000.0, device=None, dtype=None):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, device=device).float() / dim))
+        self.register_buffer("inv_freq", inv_freq.to(dtype) if dtype is not None else inv_freq)
+
+    def forward(self, seq_len: int, device: torch.device | None = None) -> torch.Tensor:
+        """Angles ``(seq_len, dim)`` in float32 for positions ``0 .. seq_len-1``, as ``cat(theta, theta)``."""
+        inv_freq = self.inv_freq.to(device=device or self.inv_freq.device, dtype=torch.float32)
+        positions = torch.arange(seq_len, device=inv_freq.device, dtype=torch.float32)
+        angles = positions[:, None] * inv_freq[None, :]
+        return torch.cat([angles, angles], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``freqs.shape[-1]`` channels of ``x`` (``(..., N, D)``) NeoX style, in float32.
+
+    ``freqs`` is ``(N, R)`` from :class:`RotaryEmbedding`; the last ``N`` rows are used (as the official
+    code does). Returns float32; callers cast back to their working dtype.
+    """
+    x = x.float()
+    rot_dim = freqs.shape[-1]
+    freqs = freqs[-x.shape[-2]:].float()
+    rotated, passthrough = x[..., :rot_dim], x[..., rot_dim:]
+    first, second = rotated.chunk(2, dim=-1)
+    half_turned = torch.cat([-second, first], dim=-1)
+    rotated = rotated * freqs.cos() + half_turned * freqs.sin()
+    return torch.cat([rotated, passthrough], dim=-1)
+
+
+class _GatedLinear(nn.Module):
+    """``proj`` to twice the width, then ``value * act(gate)`` (SwiGLU, or the sin(pi x) gate)."""
+
+    def __init__(self, dim_in: int, dim_out: int, *, sinusoidal: bool, operations: Operations, device, dtype):
+        super().__init__()
+        self.proj = operations.Linear(dim_in, dim_out * 2, device=device, dtype=dtype)
+        self.sinusoidal = sinusoidal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        gate = torch.sin(math.pi * gate) if self.sinusoidal else F.silu(gate)
+        return value * gate
+
+
+class FeedForward(nn.Module):
+    """Gated feed-forward ``dim -> mult*dim -> dim`` with biases.
+
+    The gate is SiLU (SwiGLU) or, with ``sinusoidal=True``, ``sin(pi x)`` (SAME-L's last decoder blocks).
+    Keys: ``ff.0.proj.{weight,bias}`` (``[2*mult*dim, dim]``) and ``ff.2.{weight,bias}``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        mult: int = 4,
+        *,
+        sinusoidal: bool = False,
+        operations: Operations = nn,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        inner = int(dim * mult)
+        # Index 1 is an empty slot in the official Sequential; keep it so index 2 lines up.
+        self.ff = nn.Sequential(
+            _GatedLinear(dim, inner, sinusoidal=sinusoidal, operations=operations, device=device, dtype=dtype),
+            nn.Identity(),
+            operations.Linear(inner, dim, device=device, dtype=dtype),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ff(x)
+
+
+class Attention(nn.Module):
+    """Multi-head self- or cross-attention with per-head q/k norm, optional RoPE and differential heads.
+
+    Self-attention (``context_dim=None``) projects with ``to_qkv``: chunks ``q, k, v`` or, differential,
+    ``q, k, v, q_diff, k_diff``. Cross-attention projects ``to_q(x)`` (``q`` or ``q, q_diff``) and
+    ``to_kv(context)`` (``k, v`` or ``k, k_diff, v``). All projections are bias-free.
+
+    Per-head ``q_norm`` / ``k_norm`` ("rms": RMSNorm with ``qk_norm_eps``; "dyt": DyT) are shared by both
+    differential branches and applied before RoPE. RoPE (``rotary_freqs`` from :class:`RotaryEmbedding`)
+    rotates the first channels of every head in float32. Differential output is
+    ``attn(q, k, v) - attn(q_diff, k_diff, v)`` (no lambda, no extra norm), then ``to_out``.
+
+    The kernel is picked by ``self.backend`` (see :mod:`sa3_core.attention`); set the attribute to change it.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        dim_heads: int = 64,
+        context_dim: int | None = None,
+        differential: bool = False,
+        qk_norm: Literal["rms", "dyt"] = "rms",
+        qk_norm_eps: float = 1e-6,
+        backend: str = "auto",
+        operations: Operations = nn,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if dim % dim_heads:
+            raise ValueError(f"attention width {dim} is not a multiple of the head size {dim_heads}")
+        self.num_heads = dim // dim_heads
+        self.dim_heads = dim_heads
+        self.differential = differential
+        self.is_cross = context_dim is not None
+        self.backend = backend
+        branches = 2 if differential else 1
+        if self.is_cross:
+            self.to_q = operations.Linear(dim, dim * branches, bias=False, device=device, dtype=dtype)
+            self.to_kv = operations.Linear(context_dim, context_dim * (branches + 1), bias=False, device=device, dtype=dtype)
+        else:
+            self.to_qkv = operations.Linear(dim, dim * (3 + 2 * (branches - 1)), bias=False, device=device, dtype=dtype)
+        self.to_out = operations.Linear(dim, dim, bias=False, device=device, dtype=dtype)
+        if qk_norm == "rms":
+            self.q_norm = RMSNorm(dim_heads, eps=qk_norm_eps, device=device, dtype=dtype)
+            self.k_norm = RMSNorm(dim_heads, eps=qk_norm_eps, device=device, dtype=dtype)
+        elif qk_norm == "dyt":
+            self.q_norm = DyT(dim_heads, device=device, dtype=dtype)
+            self.k_norm = DyT(dim_heads, device=device, dtype=dtype)
+        else:
+            raise ValueError(f"unsupported qk_norm {qk_norm!r} (SA3 uses 'rms' or 'dyt')")
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        batch, n, _ = t.shape
+        return t.view(batch, n, -1, self.dim_heads).transpose(1, 2)  # (B, H, N, D)
+
+    def _project(self, x: torch.Tensor, context: torch.Tensor | None) -> tuple[list, list, torch.Tensor]:
+        """Queries and keys per branch (one, or two when differential) and the shared values."""
+        if self.is_cross:
+            if context is None:
+                raise ValueError("cross-attention needs a context")
+            queries = list(self.to_q(x).chunk(2 if self.differential else 1, dim=-1))
+            kv = self.to_kv(context).chunk(3 if self.differential else 2, dim=-1)
+            keys, values = list(kv[:-1]), kv[-1]
+        elif self.differential:
+            q, k, values, q_diff, k_diff = self.to_qkv(x).chunk(5, dim=-1)
+            queries, keys = [q, q_diff], [k, k_diff]
+        else:
+            q, k, values = self.to_qkv(x).chunk(3, dim=-1)
+            queries, keys = [q], [k]
+        return [self._heads(q) for q in queries], [self._heads(k) for k in keys], self._heads(values)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        *,
+        rotary_freqs: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+        window: Window = None,
+    ) -> torch.Tensor:
+        """Attend ``x`` ``(B, N, dim)`` to itself or to ``context`` ``(B, M, context_dim)``.
+
+        Args:
+            rotary_freqs: ``(N, R)`` RoPE angles for self-attention, or None.
+            key_padding_mask: ``(B, N)`` bool, True = valid (self-attention); semantics per backend.
+            window: sliding window (``w`` or ``(left, right)``, inclusive) or None.
+        Returns ``(B, N, dim)``.
+        """
+        queries, keys, v = self._project(x, context)
+        out = None
+        for q, k in zip(queries, keys):
+            q, k = self.q_norm(q).to(q.dtype), self.k_norm(k).to(k.dtype)
+            if rotary_freqs is not None:
+                q, k = apply_rotary(q, rotary_freqs).to(v.dtype), apply_rotary(k, rotary_freqs).to(v.dtype)
+            branch = attention(q, k, v, key_padding_mask=key_padding_mask, window=window, backend=self.backend)
+            out = branch if out is None else out - branch
+        batch, _, n, _ = out.shape
+        return self.to_out(out.transpose(1, 2).reshape(batch, n, -1))

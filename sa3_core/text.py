@@ -1,0 +1,629 @@
+"""Prompt and duration conditioning: the T5Gemma text encoder and the two SA3 conditioners.
+
+SA3 conditions on two things:
+
+* the prompt, encoded by a frozen T5Gemma-b encoder (768-dim, 256 tokens). Its weights are *not* part
+  of the SA3 checkpoint: they live in the ``t5gemma-b-b-ul2/`` folder next to the official config, or
+  in the Comfy-Org single file ``t5gemma_b_b_ul2.safetensors`` (encoder weights + SentencePiece bytes).
+  Padded token rows are then replaced by a learned ``padding_embedding`` (:class:`PromptConditioner`);
+* the requested duration ``seconds_total``: exponential Fourier features + one Linear
+  (:class:`SecondsConditioner`).
+
+:class:`Conditioners` holds the two small learned parts; its ``state_dict()`` keys are the checkpoint's
+``conditioner.conditioners.*`` keys without that prefix. The T5Gemma encoder is deliberately not a
+submodule of it, exactly as in the official code.
+
+Nothing here touches the network: transformers is always called with ``local_files_only=True``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .config import ConditioningConfig
+from .layers import ExpoFourierFeatures
+
+Operations = Any  # a namespace with a Linear class: torch.nn or comfy.ops.*
+
+
+class TextEncoderError(ValueError):
+    """A text encoder (folder, weights or tokenizer) we cannot load."""
+
+
+# --------------------------------------------------------------------------------------------------
+# T5Gemma encoder
+# --------------------------------------------------------------------------------------------------
+
+# google/t5gemma-b-b-ul2, encoder side. Shapes (vocab, width, depth, heads) are read from the weights
+# when a file carries no config; these are the values shapes cannot tell. Sources: the official MLX
+# port's constants and ComfyUI's SA3 text encoder agree on all of them (scale 64^-0.5, softcap 50).
+T5GEMMA_B_ENCODER: dict[str, Any] = {
+    "head_dim": 64,
+    "query_pre_attn_scalar": 64,
+    "attn_logit_softcapping": 50.0,
+    "final_logit_softcapping": 30.0,
+    "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+    "hidden_activation": "gelu_pytorch_tanh",
+    "sliding_window": 4096,
+    "max_position_embeddings": 8192,
+    "attention_bias": False,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "bos_token_id": 2,
+}
+
+
+def t5gemma_encoder_config(
+    *,
+    vocab_size: int,
+    hidden_size: int,
+    intermediate_size: int,
+    num_hidden_layers: int,
+    num_attention_heads: int,
+    num_key_value_heads: int,
+    **overrides: Any,
+):
+    """An encoder-only ``T5GemmaConfig`` for the given sizes, other fields as in T5Gemma-b.
+
+    ``overrides`` replace any encoder field (e.g. ``query_pre_attn_scalar`` or ``layer_types``).
+    """
+    from transformers import T5GemmaConfig
+
+    module = {
+        **T5GEMMA_B_ENCODER,
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": num_hidden_layers,
+        "num_attention_heads": num_attention_heads,
+        "num_key_value_heads": num_key_value_heads,
+        # Alternating local/global attention; at 256 tokens the 4096 window never bites.
+        "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_hidden_layers)],
+    }
+    module.update(overrides)
+    # T5GemmaConfig insists on a decoder description even for the encoder-only model; it builds nothing.
+    config = T5GemmaConfig(encoder=module, decoder={**module, "is_decoder": True},
+                           vocab_size=module["vocab_size"], is_encoder_decoder=False)
+    config.architectures = ["T5GemmaEncoderModel"]
+    return config
+
+
+class T5GemmaTextEncoder:
+    """T5Gemma encoder + tokenizer: prompts -> ``(hidden (B, 256, 768), mask (B, 256) bool)``.
+
+    A plain object holding a transformers ``T5GemmaEncoderModel`` (``.model``, in eval mode, no grad)
+    and its tokenizer (``.tokenizer``), on an explicit device and dtype. Tokenisation is the official
+    one: ``truncation=True, max_length=256, padding="max_length"``.
+
+    Caching: the last ``cache_size`` distinct prompts are kept (per prompt, on the model's device), so
+    encoding the same prompt again - the empty negative prompt, a re-run with a new seed - does not run
+    the encoder. A prompt's encoding does not depend on the rest of the batch (every row is padded to
+    the same length), so per-prompt caching returns what a batched call would. ``to()`` clears it.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, *, max_length: int = 256, cache_size: int = 16):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        hidden = model.config.encoder.hidden_size
+        if hidden != 768:
+            raise TextEncoderError(f"expected a T5Gemma-b encoder with hidden size 768, got {hidden}")
+
+    # -- construction ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | Path,
+        *,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        max_length: int = 256,
+        cache_size: int = 16,
+    ) -> "T5GemmaTextEncoder":
+        """Load an HF-format T5Gemma folder (``config.json``, safetensors weights, tokenizer files) offline.
+
+        Weights must be safetensors (pickle files are refused, never loaded). Every encoder weight must be
+        present with the right shape; decoder weights, when the folder holds the full encoder-decoder
+        model as the official ``t5gemma-b-b-ul2/`` does, are ignored.
+        """
+        from transformers import AutoConfig, AutoTokenizer, T5GemmaEncoderModel
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise TextEncoderError(f"{folder}: T5Gemma text encoder folder not found")
+        try:
+            config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise TextEncoderError(f"{folder}: cannot read the T5Gemma config.json ({exc})") from None
+        if getattr(config, "model_type", None) != "t5gemma":
+            raise TextEncoderError(f"{folder}/config.json: model_type {config.model_type!r} is not 't5gemma'")
+        config.is_encoder_decoder = False  # as the official conditioner: build the encoder only
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError, ImportError) as exc:
+            raise TextEncoderError(f"{folder}: cannot load the T5Gemma tokenizer ({exc})") from None
+        try:
+            model, info = T5GemmaEncoderModel.from_pretrained(
+                folder, config=config, dtype=dtype, local_files_only=True, use_safetensors=True,
+                output_loading_info=True, ignore_mismatched_sizes=True,  # reported below, by name
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise TextEncoderError(f"{folder}: cannot load the T5Gemma encoder weights ({exc})") from None
+        _raise_on_incomplete_load(info, str(folder))
+        return cls(model.to(device), tokenizer, max_length=max_length, cache_size=cache_size)
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state_dict: Mapping[str, torch.Tensor],
+        tokenizer: Any,
+        *,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        source: str,
+        max_length: int = 256,
+        cache_size: int = 16,
+        **config_overrides: Any,
+    ) -> "T5GemmaTextEncoder":
+        """Build the encoder from weights with transformers' names (``encoder.*``) and a tokenizer.
+
+        The architecture is read from the tensor shapes (see :func:`t5gemma_encoder_config`);
+        ``config_overrides`` set encoder fields shapes cannot tell. Used for the Comfy-Org single file.
+        """
+        from transformers import T5GemmaEncoderModel
+
+        shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+        sizes = t5gemma_encoder_sizes(shapes, source, config_overrides.get("head_dim", 64))
+        config = t5gemma_encoder_config(**sizes, **config_overrides)
+        try:
+            model, info = T5GemmaEncoderModel.from_pretrained(
+                None, config=config, state_dict=dict(state_dict), dtype=dtype, local_files_only=True,
+                output_loading_info=True, ignore_mismatched_sizes=True,  # reported below, by name
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise TextEncoderError(f"{source}: cannot build the T5Gemma encoder ({exc})") from None
+        _raise_on_incomplete_load(info, source)
+        return cls(model.to(device), tokenizer, max_length=max_length, cache_size=cache_size)
+
+    # -- device / dtype ----------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.encoder.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.encoder.embed_tokens.weight.dtype
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "T5GemmaTextEncoder":
+        self.model.to(device=device, dtype=dtype)
+        self.clear_cache()
+        return self
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    # -- encoding ----------------------------------------------------------------------------------
+
+    def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask (B, max_length), padded and truncated as the official code does."""
+        encoded = self.tokenizer(list(prompts), truncation=True, max_length=self.max_length,
+                                 padding="max_length", return_tensors="pt")
+        return encoded["input_ids"], encoded["attention_mask"].to(torch.bool)
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``last_hidden_state`` (B, max_length, 768) in the encoder's dtype and the token mask (B, max_length) bool.
+
+        Padded rows still hold the encoder's output there; :class:`PromptConditioner` replaces them.
+        """
+        prompts = [str(p) for p in prompts]
+        rows = {p: self._cache[p] for p in prompts if p in self._cache}
+        missing = [p for p in dict.fromkeys(prompts) if p not in rows]
+        if missing:
+            ids, mask = self.tokenize(missing)
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            # Clones, so a cached row does not keep the whole batch alive.
+            rows.update({p: (hidden[i].clone(), mask[i].clone()) for i, p in enumerate(missing)})
+        for prompt in dict.fromkeys(prompts):
+            self._remember(prompt, rows[prompt])
+        return torch.stack([rows[p][0] for p in prompts]), torch.stack([rows[p][1] for p in prompts])
+
+    def _remember(self, prompt: str, row: tuple[torch.Tensor, torch.Tensor]) -> None:
+        if self.cache_size <= 0:
+            return
+        self._cache[prompt] = row
+        self._cache.move_to_end(prompt)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+
+def t5gemma_encoder_sizes(shapes: Mapping[str, Sequence[int]], source: str, head_dim: int = 64) -> dict[str, int]:
+    """The sizes of a T5Gemma encoder read from its tensor shapes (transformers names, ``encoder.*``)."""
+    try:
+        vocab, hidden = shapes["encoder.embed_tokens.weight"]
+        intermediate = shapes["encoder.layers.0.mlp.gate_proj.weight"][0]
+        q_out = shapes["encoder.layers.0.self_attn.q_proj.weight"][0]
+        kv_out = shapes["encoder.layers.0.self_attn.k_proj.weight"][0]
+    except (KeyError, ValueError, IndexError) as exc:
+        raise TextEncoderError(f"{source}: not a T5Gemma encoder (no usable tensor {exc})") from None
+    layers = {int(k.split(".")[2]) for k in shapes if k.startswith("encoder.layers.")}
+    if layers != set(range(len(layers))):
+        raise TextEncoderError(f"{source}: T5Gemma encoder layers are not numbered 0..N-1: {sorted(layers)}")
+    if q_out % head_dim or kv_out % head_dim:
+        raise TextEncoderError(f"{source}: attention width {q_out} is not a multiple of head_dim {head_dim}")
+    return {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": intermediate,
+            "num_hidden_layers": len(layers), "num_attention_heads": q_out // head_dim,
+            "num_key_value_heads": kv_out // head_dim}
+
+
+def _raise_on_incomplete_load(info: Mapping[str, Any], source: str) -> None:
+    """transformers only warns about missing weights (and initialises them randomly); we refuse."""
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = sorted(
+        f"{m[0]} {list(m[1])} (expected {list(m[2])})" if isinstance(m, (tuple, list)) and len(m) == 3 else str(m)
+        for m in info.get("mismatched_keys") or []
+    )
+    errors = list(info.get("error_msgs") or [])
+    if missing or mismatched or errors:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {', '.join(missing[:10])}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} with a different shape: {', '.join(mismatched[:10])}")
+        if errors:
+            parts.append("; ".join(errors[:3]))
+        raise TextEncoderError(f"{source}: incomplete T5Gemma encoder weights ({'; '.join(parts)})")
+
+
+# --------------------------------------------------------------------------------------------------
+# Comfy-Org single file (t5gemma_b_b_ul2.safetensors)
+# --------------------------------------------------------------------------------------------------
+
+# The file stores the encoder under ComfyUI's module path ``model.encoder.*`` (the same names the
+# encoder has inside transformers' T5GemmaForConditionalGeneration) and the tokenizer as a uint8
+# tensor ``spiece_model`` holding a serialized SentencePiece model.
+COMFY_ENCODER_PREFIX = "model.encoder."
+COMFY_SPIECE_KEY = "spiece_model"
+# Parts of the encoder-decoder model that a file may carry and the encoder never uses.
+COMFY_IGNORED_PREFIXES = ("model.decoder.", "lm_head.")
+
+
+def comfy_key_to_transformers(key: str) -> str | None:
+    """``model.encoder.X`` -> ``encoder.X`` (transformers' T5GemmaEncoderModel); None for other keys."""
+    if key.startswith(COMFY_ENCODER_PREFIX):
+        return "encoder." + key[len(COMFY_ENCODER_PREFIX):]
+    return None
+
+
+def transformers_key_to_comfy(key: str) -> str:
+    """``encoder.X`` -> ``model.encoder.X``: the inverse of :func:`comfy_key_to_transformers`."""
+    return "model." + key
+
+
+# --------------------------------------------------------------------------------------------------
+# SentencePiece model -> tokenizer (no sentencepiece / protobuf packages needed)
+# --------------------------------------------------------------------------------------------------
+
+_PIECE_CONTROL, _PIECE_USER_DEFINED = 3, 4
+_SPM_BPE = 2
+
+
+@dataclass(frozen=True)
+class SentencePieceModel:
+    """The parts of a serialized SentencePiece ``ModelProto`` that decide how text is tokenised."""
+
+    pieces: tuple[str, ...]
+    types: tuple[int, ...]  # 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte
+    model_type: int = 1  # 1 unigram, 2 BPE, 3 word, 4 char
+    byte_fallback: bool = False
+    unk_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+    pad_id: int = -1
+    treat_whitespace_as_suffix: bool = False
+    normalizer_name: str = "nmt_nfkc"
+    precompiled_charsmap: bytes = b""
+    add_dummy_prefix: bool = True
+    remove_extra_whitespaces: bool = True
+    escape_whitespaces: bool = True
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _proto_fields(data: bytes):
+    """Yield ``(field_number, value)`` of one protobuf message: ints for varints, bytes otherwise."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value, pos = _read_varint(data, pos)
+        elif wire_type == 1:
+            value, pos = data[pos:pos + 8], pos + 8
+        elif wire_type == 2:
+            length, pos = _read_varint(data, pos)
+            value, pos = data[pos:pos + length], pos + length
+        elif wire_type == 5:
+            value, pos = data[pos:pos + 4], pos + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire_type}")
+        if pos > len(data):
+            raise ValueError("truncated message")
+        yield number, value
+
+
+def parse_sentencepiece_model(data: bytes) -> SentencePieceModel:
+    """Read a serialized SentencePiece model (``sentencepiece_model.proto``: pieces, trainer and normalizer spec)."""
+    pieces: list[str] = []
+    types: list[int] = []
+    trainer: dict[int, Any] = {}
+    normalizer: dict[int, Any] = {}
+    for number, value in _proto_fields(bytes(data)):
+        if number == 1:  # repeated SentencePiece {1: piece, 2: score, 3: type}
+            piece, piece_type = "", 1
+            for sub, sub_value in _proto_fields(value):
+                if sub == 1:
+                    piece = sub_value.decode("utf-8")
+                elif sub == 3:
+                    piece_type = sub_value
+            pieces.append(piece)
+            types.append(piece_type)
+        elif number == 2:
+            trainer.update(_proto_fields(value))
+        elif number == 3:
+            normalizer.update(_proto_fields(value))
+    if not pieces:
+        raise ValueError("no vocabulary pieces")
+
+    def signed(v: int) -> int:  # int32 fields are sent as 64-bit two's complement
+        return v - (1 << 64) if v >= 1 << 63 else v
+
+    return SentencePieceModel(
+        pieces=tuple(pieces),
+        types=tuple(types),
+        model_type=trainer.get(3, 1),
+        byte_fallback=bool(trainer.get(35, 0)),
+        unk_id=signed(trainer.get(40, 0)),
+        bos_id=signed(trainer.get(41, 1)),
+        eos_id=signed(trainer.get(42, 2)),
+        pad_id=signed(trainer.get(43, -1)),
+        treat_whitespace_as_suffix=bool(trainer.get(24, 0)),
+        normalizer_name=bytes(normalizer.get(1, b"nmt_nfkc")).decode("utf-8", "replace"),
+        precompiled_charsmap=bytes(normalizer.get(2, b"")),
+        add_dummy_prefix=bool(normalizer.get(3, 1)),
+        remove_extra_whitespaces=bool(normalizer.get(4, 1)),
+        escape_whitespaces=bool(normalizer.get(5, 1)),
+    )
+
+
+def tokenizer_from_sentencepiece(
+    data: bytes,
+    *,
+    add_bos: bool = False,
+    add_eos: bool = False,
+    padding_side: str = "right",
+    source: str = "<spiece_model>",
+):
+    """A transformers tokenizer equivalent to a Gemma-style SentencePiece BPE model.
+
+    Gemma's tokenizer is SentencePiece BPE with byte fallback, no dummy prefix and no normalisation
+    beyond spaces -> "▁". transformers' own ``GemmaTokenizer`` reproduces exactly that from the
+    vocabulary and merges (merges ranked by piece id, as HF's converter does); we read the model bytes
+    ourselves so neither ``sentencepiece`` nor ``protobuf`` is needed. Other SentencePiece flavours are
+    refused rather than tokenised subtly wrong.
+
+    ``add_bos`` / ``add_eos`` / ``padding_side``: ComfyUI and the official MLX port add no BOS/EOS and
+    pad on the right; those are the defaults. (The official PyTorch path uses whatever the
+    ``tokenizer_config.json`` of the T5Gemma folder says.)
+    """
+    from tokenizers import AddedToken
+    from transformers import GemmaTokenizer
+    from transformers.tokenization_utils_base import generate_merges
+
+    try:
+        spm = parse_sentencepiece_model(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TextEncoderError(f"{source}: not a valid SentencePiece model ({exc})") from None
+    problems = []
+    if spm.model_type != _SPM_BPE:
+        problems.append(f"model type {spm.model_type} (expected 2 = BPE)")
+    if not spm.byte_fallback:
+        problems.append("no byte fallback")
+    if spm.add_dummy_prefix or spm.remove_extra_whitespaces or not spm.escape_whitespaces:
+        problems.append("whitespace handling differs from Gemma's (dummy prefix / extra-whitespace removal)")
+    if spm.precompiled_charsmap or spm.normalizer_name not in ("identity", ""):
+        problems.append(f"text normalisation {spm.normalizer_name!r} (expected 'identity')")
+    if spm.treat_whitespace_as_suffix:
+        problems.append("whitespace treated as suffix")
+    if not 0 <= spm.pad_id < len(spm.pieces):
+        problems.append("no padding token")
+    if problems:
+        raise TextEncoderError(f"{source}: unsupported SentencePiece model for T5Gemma: {'; '.join(problems)}")
+
+    vocab = {piece: i for i, piece in enumerate(spm.pieces)}
+    merges = generate_merges(vocab)
+    added = [AddedToken(p, normalized=False, special=t == _PIECE_CONTROL)
+             for p, t in zip(spm.pieces, spm.types) if t in (_PIECE_CONTROL, _PIECE_USER_DEFINED)]
+
+    def piece(i: int) -> str | None:
+        return spm.pieces[i] if 0 <= i < len(spm.pieces) else None
+
+    tokenizer = GemmaTokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token=piece(spm.unk_id),
+        bos_token=piece(spm.bos_id),
+        eos_token=piece(spm.eos_id),
+        pad_token=piece(spm.pad_id),
+        mask_token="<mask>" if "<mask>" in vocab else None,
+        additional_special_tokens=added,
+        add_bos_token=add_bos,
+        add_eos_token=add_eos,
+    )
+    tokenizer.padding_side = padding_side
+    tokenizer.model_max_length = 1 << 30
+    return tokenizer
+
+
+# --------------------------------------------------------------------------------------------------
+# Conditioners (the learned parts, stored in the SA3 checkpoint)
+# --------------------------------------------------------------------------------------------------
+
+
+class PromptConditioner(nn.Module):
+    """Replaces padded token rows of the T5Gemma output by a learned vector (``padding_embedding``).
+
+    With ``padding_mode="learned"`` (every released SA3 model) an empty prompt becomes 256 copies of
+    ``padding_embedding``, which is what makes ``""`` act as the unconditional prompt. ``"zero"`` zeroes
+    padded rows instead (no parameter). Real-token rows pass through unchanged: T5Gemma's 768 dims equal
+    the conditioning width, so there is no projection.
+    """
+
+    def __init__(self, dim: int = 768, *, padding_mode: str = "learned", device=None, dtype=None):
+        super().__init__()
+        if padding_mode not in ("learned", "zero"):
+            raise ValueError(f"unsupported padding_mode {padding_mode!r}")
+        self.dim = dim
+        self.padding_mode = padding_mode
+        if padding_mode == "learned":
+            self.padding_embedding = nn.Parameter(torch.randn(dim, device=device, dtype=dtype) * 0.02)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``hidden`` (B, N, dim) and token mask (B, N) -> ``(embeddings (B, N, dim), mask (B, N) bool)``.
+
+        The output lives on the padding embedding's device and dtype (the model's), whatever the text
+        encoder's were.
+        """
+        if hidden.shape[-1] != self.dim:
+            raise ValueError(f"prompt embeddings have {hidden.shape[-1]} channels, expected {self.dim}")
+        if self.padding_mode == "learned":
+            hidden = hidden.to(device=self.padding_embedding.device, dtype=self.padding_embedding.dtype)
+            fill = self.padding_embedding.expand_as(hidden)
+        else:
+            fill = torch.zeros_like(hidden)
+        mask = mask.to(device=hidden.device, dtype=torch.bool)
+        # torch.where, not a multiply: padded rows may hold anything (even NaN) and must not leak.
+        return torch.where(mask.unsqueeze(-1), hidden, fill), mask
+
+
+class _NumberEmbedder(nn.Module):
+    """``embedding = Sequential(ExpoFourierFeatures, Linear)``: keeps the official key ``embedding.1.*``."""
+
+    def __init__(self, dim: int, features: int, *, operations: Operations, device, dtype):
+        super().__init__()
+        self.embedding = nn.Sequential(
+            ExpoFourierFeatures(features),
+            operations.Linear(features, dim, device=device, dtype=dtype),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(x)
+
+
+class SecondsConditioner(nn.Module):
+    """``seconds_total`` -> one conditioning token (B, 1, dim).
+
+    Seconds are clamped to ``[min_val, max_val]`` (0..384 s in SA3), scaled to [0, 1], expanded into
+    256 exponential Fourier features and projected by one Linear.
+    """
+
+    def __init__(self, dim: int = 768, *, min_val: float = 0.0, max_val: float = 384.0, features: int = 256,
+                 operations: Operations = nn, device=None, dtype=None):
+        super().__init__()
+        if max_val <= min_val:
+            raise ValueError(f"max_val {max_val} must exceed min_val {min_val}")
+        self.min_val = float(min_val)
+        self.max_val = float(max_val)
+        self.embedder = _NumberEmbedder(dim, features, operations=operations, device=device, dtype=dtype)
+
+    def forward(self, seconds: Sequence[float] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(embeddings (B, 1, dim), mask (B, 1) bool, all True)``."""
+        weight = self.embedder.embedding[1].weight
+        if torch.is_tensor(seconds):
+            values = seconds.detach().reshape(-1).to(device=weight.device, dtype=torch.float32)
+        else:
+            values = torch.tensor([float(s) for s in seconds], dtype=torch.float32, device=weight.device)
+        values = values.clamp(self.min_val, self.max_val)
+        normalized = ((values - self.min_val) / (self.max_val - self.min_val)).to(weight.dtype)
+        embeddings = self.embedder(normalized).unsqueeze(1)
+        return embeddings, torch.ones(embeddings.shape[:2], dtype=torch.bool, device=embeddings.device)
+
+
+@dataclass
+class Conditioning:
+    """The conditioning tensors the DiT consumes, plus the per-conditioner outputs they came from.
+
+    ``cross_attn_cond`` = prompt tokens 0..255 then the seconds token (B, 257, 768); ``global_cond`` =
+    the seconds embedding (B, 768). ``cross_attn_mask`` is informational: the DiT attends to all 257
+    tokens (the official code drops this mask).
+    """
+
+    prompt_embeddings: torch.Tensor  # (B, 256, 768)
+    prompt_mask: torch.Tensor  # (B, 256) bool
+    seconds_embeddings: torch.Tensor  # (B, 1, 768)
+    cross_attn_cond: torch.Tensor  # (B, 257, 768)
+    cross_attn_mask: torch.Tensor  # (B, 257) bool
+    global_cond: torch.Tensor  # (B, 768)
+
+
+class Conditioners(nn.Module):
+    """The learned conditioner weights of an SA3 checkpoint (``conditioner.conditioners.*``).
+
+    ``state_dict()`` keys: ``prompt.padding_embedding``, ``seconds_total.embedder.embedding.1.{weight,bias}``.
+    The T5Gemma encoder is passed in by the caller (see :class:`T5GemmaTextEncoder`); it is not a
+    submodule, so it is neither in the checkpoint nor moved or cast with this module.
+    """
+
+    def __init__(self, cfg: ConditioningConfig, *, operations: Operations = nn, device=None, dtype=None):
+        super().__init__()
+        self.config = cfg
+        self.prompt = PromptConditioner(cfg.cond_dim, padding_mode=cfg.prompt.padding_mode, device=device, dtype=dtype)
+        self.seconds_total = SecondsConditioner(
+            cfg.cond_dim, min_val=cfg.seconds_total.min_val, max_val=cfg.seconds_total.max_val,
+            operations=operations, device=device, dtype=dtype,
+        )
+
+    @property
+    def max_length(self) -> int:
+        """Prompt tokens the text encoder must produce (256 in every released config)."""
+        return self.config.prompt.max_length
+
+    def forward(self, prompt_hidden: torch.Tensor, prompt_mask: torch.Tensor,
+                seconds: Sequence[float] | torch.Tensor) -> Conditioning:
+        """Text-encoder output (B, 256, 768) + mask and B durations -> the DiT's conditioning inputs."""
+        prompt, mask = self.prompt(prompt_hidden, prompt_mask)
+        seconds_emb, seconds_mask = self.seconds_total(seconds)
+        if seconds_emb.shape[0] != prompt.shape[0]:
+            raise ValueError(f"{prompt.shape[0]} prompts but {seconds_emb.shape[0]} durations")
+        seconds_emb = seconds_emb.to(device=prompt.device, dtype=prompt.dtype)
+        return Conditioning(
+            prompt_embeddings=prompt,
+            prompt_mask=mask,
+            seconds_embeddings=seconds_emb,
+            cross_attn_cond=torch.cat([prompt, seconds_emb], dim=1),
+            cross_attn_mask=torch.cat([mask, seconds_mask.to(mask.device)], dim=1),
+            global_cond=seconds_emb.squeeze(1),
+        )

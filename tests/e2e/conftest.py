@@ -1,0 +1,65 @@
+"""The e2e tier: one real ComfyUI 0.3.75 server (and one headless browser on its frontend) per pytest session.
+
+The pack under test is this repository, symlinked into the server's custom_nodes/ as `comfyui-stable-audio-3`.
+Every test in this folder is marked `e2e` automatically, so `pytest -m "not e2e"` runs the host-free tiers only.
+The ComfyUI tree is copied once to $SA3_E2E_CACHE (default ~/.cache/sa3-e2e) and reused across sessions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from comfy_host import ComfyClient, ComfyServer, prepare_comfy_tree
+from frontend import ComfyFrontend
+
+E2E_DIR = Path(__file__).resolve().parent
+REPO_ROOT = E2E_DIR.parents[1]
+PACK_FOLDER = "comfyui-stable-audio-3"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_DIR in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+def _cache_dir() -> Path:
+    if "SA3_E2E_CACHE" in os.environ:
+        return Path(os.environ["SA3_E2E_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sa3-e2e"
+
+
+@pytest.fixture(scope="session")
+def comfy_tree() -> Path:
+    return prepare_comfy_tree(_cache_dir())
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
+    """The running server. Put test models in with `comfy_server.link("models/<folder>/<file>", source)`."""
+    base_dir = tmp_path_factory.mktemp("comfyui-base")
+    with ComfyServer(comfy_tree, base_dir, custom_nodes={PACK_FOLDER: REPO_ROOT}) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_server: ComfyServer) -> ComfyClient:
+    return ComfyClient(comfy_server.url)
+
+
+@pytest.fixture(scope="session")
+def object_info(comfy: ComfyClient) -> dict[str, Any]:
+    """The server's full /object_info (node definitions as the frontend sees them)."""
+    return comfy.object_info()
+
+
+@pytest.fixture(scope="session")
+def frontend(comfy_server: ComfyServer) -> Iterator[ComfyFrontend]:
+    """A headless Chromium page on the real frontend, ready for `load_workflow`."""
+    with ComfyFrontend(comfy_server.url) as ui:
+        yield ui

@@ -1,0 +1,131 @@
+"""The real ComfyUI frontend (comfyui-frontend-package, served by the server) in headless Chromium.
+
+We use Debian's /usr/bin/chromium through Playwright; `playwright install` (which downloads browsers) is never
+needed. Every request that does not go to the local server is aborted, so the page works offline and cannot
+leak anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+]
+
+# The app is usable once `window.app` has its graph and extension manager AND the loading mask is gone: before
+# that, the default workflow is still loading and would overwrite a workflow we load.
+_APP_READY = "() => !!(window.app && window.app.extensionManager && window.app.graph)"
+_LOADING_MASK = ".p-blockui-mask"
+
+
+class ComfyFrontend:
+    """One browser page on the ComfyUI frontend.
+
+        with ComfyFrontend(server.url) as ui:
+            ui.load_workflow(json.loads(path.read_text()))
+            api_graph = ui.graph_to_prompt()
+            prompt_id = ui.queue()
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 60.0, chromium: Path = CHROMIUM) -> None:
+        self.url = url.rstrip("/")
+        self.timeout_ms = timeout_s * 1000
+        self.chromium = chromium
+        self.console_errors: list[str] = []
+        self._playwright: Any = None
+        self._browser: Any = None
+        self.page: Any = None
+
+    def __enter__(self) -> ComfyFrontend:
+        from playwright.sync_api import sync_playwright
+
+        self._playwright = sync_playwright().start()
+        try:
+            self._browser = self._playwright.chromium.launch(
+                executable_path=str(self.chromium), headless=True, args=CHROMIUM_ARGS)
+            context = self._browser.new_context()
+            context.set_default_timeout(self.timeout_ms)
+            context.route("**/*", self._only_local_server)
+            self.page = context.new_page()
+            self.page.on("console", lambda msg: msg.type == "error" and self.console_errors.append(msg.text))
+            self.page.on("pageerror", lambda exc: self.console_errors.append(str(exc)))
+            self.open()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._browser is not None:
+            self._browser.close()
+        if self._playwright is not None:
+            self._playwright.stop()
+
+    def _only_local_server(self, route: Any) -> None:
+        if route.request.url.startswith(self.url):
+            route.continue_()
+        else:
+            route.abort()
+
+    def open(self) -> None:
+        """(Re)load the page and wait until the app is ready for a workflow."""
+        self.page.goto(self.url)
+        self.page.wait_for_function(_APP_READY)
+        self.page.wait_for_selector(_LOADING_MASK, state="hidden")
+
+    def node_types(self) -> list[str]:
+        """Node types the frontend knows (from /object_info, as registered in LiteGraph)."""
+        return self.page.evaluate("() => Object.keys(window.LiteGraph.registered_node_types)")
+
+    def missing_node_types(self, ui_workflow: dict[str, Any]) -> set[str]:
+        """Node types a UI workflow uses that the frontend does not know (the "missing nodes" dialog)."""
+        return {node["type"] for node in ui_workflow["nodes"]} - set(self.node_types())
+
+    def load_workflow(self, ui_workflow: dict[str, Any]) -> None:
+        """Load a UI-format workflow the way drag-and-drop does (`app.loadGraphData`)."""
+        self.page.evaluate("async (workflow) => { await window.app.loadGraphData(workflow); }", ui_workflow)
+
+    def drop_workflow(self, ui_workflow: dict[str, Any], filename: str = "workflow.json") -> None:
+        """Drop a workflow file onto the canvas: the user's drag-and-drop path (drop handler -> handleFile ->
+        loadGraphData), including its file-type detection."""
+        self.page.evaluate("() => window.app.graph.clear()")
+        self.page.evaluate(
+            """([text, filename]) => {
+                const files = new DataTransfer();
+                files.items.add(new File([text], filename, {type: "application/json"}));
+                document.querySelector("#graph-canvas").dispatchEvent(
+                    new DragEvent("drop", {dataTransfer: files, bubbles: true, cancelable: true}));
+            }""",
+            [json.dumps(ui_workflow), filename],
+        )
+        # The drop handler reads the file asynchronously; the graph was empty, so a full node count means loaded.
+        self.page.wait_for_function("(count) => window.app.graph.nodes.length === count", arg=len(ui_workflow["nodes"]))
+
+    def graph_to_prompt(self) -> dict[str, Any]:
+        """The API-format graph the frontend would queue for the current workflow."""
+        return self.page.evaluate("async () => (await window.app.graphToPrompt()).output")
+
+    def export_workflow(self) -> dict[str, Any]:
+        """The current graph as a UI-format workflow, exactly as the frontend saves it."""
+        return self.page.evaluate("() => window.app.graph.serialize()")
+
+    def queue(self) -> str:
+        """Queue the current workflow as the Run button does; returns the prompt id the server assigned."""
+        with self.page.expect_response(
+            lambda r: r.url.endswith("/api/prompt") and r.request.method == "POST"
+        ) as answer:
+            self.page.evaluate("() => window.app.extensionManager.command.execute('Comfy.QueuePrompt')")
+        body = answer.value.json()
+        if answer.value.status != 200:
+            raise RuntimeError(f"the server rejected the frontend's prompt: {body}")
+        return body["prompt_id"]

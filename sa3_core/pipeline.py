@@ -1,0 +1,620 @@
+"""StableAudioModel: SA3 generation in every mode, as a sequence of explicit stages.
+
+``generate`` takes the keyword arguments of the official ``stable_audio_3.StableAudioModel.generate`` and
+reproduces its results (same seed -> same noise -> same audio). It is built from public stage methods that
+the ComfyUI nodes call one by one, so a node graph and a Python call compute the same thing:
+
+    plan_window        durations -> the latent window (length, padding mask, schedule lengths)
+    initial_noise      seed -> (B, 256, L) noise and the generator the sampler keeps drawing from
+    encode_prompts     prompts, negative prompts, durations -> conditioning (text encoded once per prompt)
+    encode_audio       (sample_rate, audio) -> latents of the window (resampled, mono -> stereo)
+    inpaint_condition  regions / mask + source latents -> the DiT's (B, 257, L) inpaint input
+    sample_latents     everything above -> clean latents (per-step callback: progress, interruption)
+    decode_latents     latents -> audio, zero past each item's valid length, peak policy, trimmed
+
+Differences from the official code, all deliberate (see the issue notes): no global RNG (an explicit
+``torch.Generator`` seeded like ``torch.manual_seed`` gives the same numbers), inpainting works for
+batch > 1, per-item inpaint masks are zeroed at each item's own duration, bad input raises ``ValueError``
+before any sampling, and a batch of different durations comes back as one tensor per item.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torchaudio.functional as AF
+
+from . import masks
+from .checkpoint import SA3Components, load_components
+from .config import ModelConfig
+from .lora import LoRAStack
+from .sampling import (
+    DiTConditioning,
+    DistributionShift,
+    GuidanceOptions,
+    GuidedModel,
+    build_schedule,
+    mix_init,
+    negative_token_mask,
+    sample,
+    shift_from_options,
+    StepCallback,
+)
+from .text import Conditioning
+
+AudioInput = tuple[int, torch.Tensor]
+"""``(sample_rate, audio)``; audio is (T,), (C, T) or (1, C, T) float samples."""
+
+MAX_SEED = 2**63 - 1
+
+
+def default_device() -> torch.device:
+    """The official order: CUDA, then Apple MPS, then CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """float16 on CUDA (the official ``model_half``), float32 elsewhere (CPU, and MPS as the official code)."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def resolve_seed(seed: int | None) -> int:
+    """``-1`` (or None) draws a fresh random seed; anything else must be a non-negative integer."""
+    if seed is None or seed == -1:
+        return random.SystemRandom().randrange(0, 2**31)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be -1 (random) or an integer in [0, 2**63), got {seed!r}")
+    return seed
+
+
+def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """A generator on ``device`` whose stream equals the global one after ``torch.manual_seed(seed)``."""
+    generator = torch.Generator(device=torch.device(device))
+    generator.manual_seed(seed)
+    return generator
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stage results
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """The latent window a batch is generated in.
+
+    ``durations`` are the items' requested seconds (the ``seconds_total`` conditioning), ``audio_samples``
+    the window in samples (longest duration + padding, aligned, capped), ``latents`` its length L.
+    """
+
+    durations: tuple[float, ...]
+    audio_samples: int
+    latents: int
+    padding_sec: float
+    sample_rate: int
+    downsampling_ratio: int
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.durations)
+
+    def padding_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """(B, L) bool, True on each item's valid latents (its duration + the padding headroom)."""
+        return masks.padding_mask(self.durations, self.latents, self.padding_sec, self.sample_rate,
+                                  self.downsampling_ratio, device)
+
+    def effective_lengths(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """(B,) latents each item's duration covers: the schedule's sequence lengths."""
+        return masks.effective_lengths(self.durations, self.sample_rate, self.downsampling_ratio, device)
+
+    def output_samples(self) -> list[int]:
+        """Samples of each item after trimming: ``int(duration * sr)``."""
+        return masks.duration_samples(self.durations, self.sample_rate)
+
+
+@dataclass
+class PromptConditioning:
+    """Positive (and optional negative) conditioning for a batch, with the durations it was made for."""
+
+    positive: Conditioning
+    negative: Conditioning | None
+    durations: tuple[float, ...]
+    prompts: tuple[str, ...] = ()
+    negative_prompts: tuple[str, ...] | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.durations)
+
+
+@dataclass
+class GenerationResult:
+    """What :meth:`StableAudioModel.run` returns besides the tensors users asked for."""
+
+    seed: int
+    window: Window
+    latents: torch.Tensor
+    audio: torch.Tensor | None = None  # (B, 2, window samples), zeroed past the valid lengths, peak policy applied
+    items: list[torch.Tensor] = field(default_factory=list)  # each (2, int(duration * sr))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------------
+
+
+class StableAudioModel:
+    """An SA3 model (DiT + SAME + conditioners + T5Gemma) on one device, with the official generate API."""
+
+    def __init__(self, components: SA3Components, *, device: torch.device | str, dtype: torch.dtype):
+        self.components = components
+        self.config: ModelConfig = components.config
+        self.dit = components.dit
+        self.autoencoder = components.autoencoder
+        self.conditioners = components.conditioners
+        self.text_encoder = components.text_encoder
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.lora: LoRAStack | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        text_encoder_path: str | Path | None = None,
+        attention_backend: str = "auto",
+        base: bool = False,
+    ) -> "StableAudioModel":
+        """Load an official model folder or a Comfy-Org single file (then ``text_encoder_path`` is needed
+        to encode prompts). Never touches the network. ``device`` defaults to cuda -> mps -> cpu, ``dtype``
+        to :func:`default_dtype`."""
+        device = torch.device(device) if device is not None else default_device()
+        dtype = dtype or default_dtype(device)
+        components = load_components(path, device=device, dtype=dtype, text_encoder_path=text_encoder_path,
+                                     attention_backend=attention_backend, base=base)
+        return cls(components, device=device, dtype=dtype)
+
+    # -- facts ----------------------------------------------------------------------------------------
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def downsampling_ratio(self) -> int:
+        return self.autoencoder.downsampling_ratio
+
+    @property
+    def max_seconds(self) -> float:
+        """The longest duration this model generates (the config's ``sample_size``, 120 s for SA3)."""
+        return self.config.max_seconds
+
+    @property
+    def default_sampler(self) -> str:
+        return self.config.default_sampler
+
+    @property
+    def default_steps(self) -> int:
+        """8 for the post-trained models (ping-pong), 50 for the -base models (Euler), as the official docs."""
+        return 8 if self.config.diffusion_objective == "rf_denoiser" else 50
+
+    @property
+    def default_cfg_scale(self) -> float:
+        """1 (no guidance) for the distilled models, 7 for the -base models (official recommendation)."""
+        return 1.0 if self.config.diffusion_objective == "rf_denoiser" else 7.0
+
+    # -- stage 1: the window --------------------------------------------------------------------------
+
+    def plan_window(self, durations: Sequence[float], padding_sec: float = 6.0,
+                    sample_size: int | None = None) -> Window:
+        """The latent window for a batch with these per-item durations (validated)."""
+        durations = tuple(float(d) for d in durations)
+        if not durations:
+            raise ValueError("a batch needs at least one item")
+        masks.validate_durations(durations, self.max_seconds)
+        if not (isinstance(padding_sec, (int, float)) and padding_sec >= 0):
+            raise ValueError(f"duration_padding_sec must be >= 0, got {padding_sec!r}")
+        cap = self.config.sample_size if sample_size is None else int(sample_size)
+        ratio = self.downsampling_ratio
+        audio_samples = masks.adapt_sample_size(max(durations), padding_sec, self.sample_rate, ratio,
+                                                self.config.autoencoder.latent_align, cap)
+        return Window(durations, audio_samples, masks.latent_length(audio_samples, ratio), float(padding_sec),
+                      self.sample_rate, ratio)
+
+    # -- stage 2: noise -------------------------------------------------------------------------------
+
+    def initial_noise(self, window: Window, seed: int) -> tuple[torch.Tensor, torch.Generator]:
+        """The official first draw, ``randn([B, 256, L])`` right after seeding, and the generator the
+        ping-pong sampler continues from."""
+        generator = make_generator(seed, self.device)
+        noise = torch.randn([window.batch_size, self.autoencoder.latent_dim, window.latents],
+                            generator=generator, device=self.device)
+        return noise, generator
+
+    # -- stage 3: text --------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode_prompts(self, prompts: Sequence[str], durations: Sequence[float],
+                       negative_prompts: Sequence[str] | None = None) -> PromptConditioning:
+        """Prompt + ``seconds_total`` conditioning per item; the negative side only when given."""
+        if self.text_encoder is None:
+            raise ValueError("this model was loaded without a T5Gemma text encoder; pass text_encoder_path")
+        if len(prompts) != len(durations):
+            raise ValueError(f"{len(prompts)} prompts for {len(durations)} durations")
+        if negative_prompts is not None and len(negative_prompts) != len(prompts):
+            raise ValueError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts")
+        for name, values in (("prompt", prompts), ("negative_prompt", negative_prompts or ())):
+            for i, value in enumerate(values):
+                if not isinstance(value, str):
+                    raise ValueError(f"{name}[{i}] must be a string, got {type(value).__name__}")
+
+        def condition(texts: Sequence[str]) -> Conditioning:
+            hidden, mask = self.text_encoder.encode(list(texts))
+            hidden = hidden.to(device=self.device, dtype=self.dtype)
+            return self.conditioners(hidden, mask.to(self.device), list(durations))
+
+        return PromptConditioning(
+            positive=condition(prompts),
+            negative=condition(negative_prompts) if negative_prompts is not None else None,
+            durations=tuple(float(d) for d in durations),
+            prompts=tuple(prompts),
+            negative_prompts=tuple(negative_prompts) if negative_prompts is not None else None,
+        )
+
+    # -- stage 4: audio inputs ------------------------------------------------------------------------
+
+    def prepare_audio(self, audio: AudioInput, window: Window, name: str = "audio") -> torch.Tensor:
+        """``(sr, audio)`` -> (1, 2, window samples) float32 on the device: resampled to 44.1 kHz with
+        torchaudio, cut or zero-padded to the window, mono duplicated to stereo, extra channels dropped
+        (the official ``prepare_audio``)."""
+        if not (isinstance(audio, (tuple, list)) and len(audio) == 2):
+            raise ValueError(f"{name} must be a (sample_rate, tensor) pair")
+        sample_rate, samples = audio
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+            raise ValueError(f"{name}: sample rate must be a positive integer, got {sample_rate!r}")
+        samples = torch.as_tensor(samples)
+        if samples.ndim == 3 and samples.shape[0] == 1:
+            samples = samples[0]
+        if samples.ndim == 1:
+            samples = samples[None]
+        if samples.ndim != 2:
+            raise ValueError(f"{name}: expected (samples,), (channels, samples) or (1, channels, samples), "
+                             f"got shape {tuple(samples.shape)}")
+        masks.validate_audio(samples, name)
+        samples = samples.to(device=self.device, dtype=torch.float32)
+        if sample_rate != self.sample_rate:
+            samples = AF.resample(samples, sample_rate, self.sample_rate)
+        fitted = samples.new_zeros(samples.shape[0], window.audio_samples)
+        length = min(samples.shape[-1], window.audio_samples)
+        fitted[:, :length] = samples[:, :length]
+        channels = self.autoencoder.audio_channels
+        if fitted.shape[0] == 1 and channels == 2:
+            fitted = fitted.repeat(2, 1)
+        return fitted[:channels][None]
+
+    @torch.inference_mode()
+    def encode_audio(self, audio: AudioInput, window: Window, name: str = "audio") -> torch.Tensor:
+        """``(sr, audio)`` -> SAME latents (1, 256, L) of the window (chunked as the config says)."""
+        prepared = self.prepare_audio(audio, window, name)
+        latents = self.autoencoder.encode_audio(prepared.to(self._autoencoder_dtype()),
+                                                chunked=self.config.autoencoder.chunked)
+        return latents[..., : window.latents]
+
+    def inpaint_condition(
+        self,
+        window: Window,
+        source_latents: torch.Tensor | None = None,
+        *,
+        regions: Sequence[masks.Region] | Sequence[Sequence[masks.Region]] | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The DiT's ``local_add_cond`` (B, 257, L): the inpaint mask channel (1 = keep, 0 = generate) and
+        the source latents where kept. Without regions or mask it is all zeros (plain generation).
+
+        ``regions``: seconds, shared by the batch or one list per item; ``mask``: a prebuilt mask in
+        samples ((N,), (1, N) or (B, N)). ``source_latents``: (1 or B, 256, L) from :meth:`encode_audio`.
+        """
+        batch, length = window.batch_size, window.latents
+        latent_dim = self.autoencoder.latent_dim
+        if regions is None and mask is None:
+            if source_latents is not None:
+                raise ValueError("inpaint audio was given without inpaint regions or an inpaint mask")
+            return torch.zeros(batch, 1 + latent_dim, length, device=self.device)
+        latent_mask = masks.inpaint_mask(batch, window.audio_samples, length, self.sample_rate,
+                                         window.durations, regions=regions, mask=mask, device=self.device)
+        if source_latents is None:
+            masked = torch.zeros(batch, latent_dim, length, device=self.device)
+        else:
+            if source_latents.shape[0] not in (1, batch) or source_latents.shape[-1] != length:
+                raise ValueError(f"inpaint latents of shape {tuple(source_latents.shape)} do not fit a window of "
+                                 f"{batch} x {length} latents")
+            masked = source_latents.float().expand(batch, -1, -1) * latent_mask
+        return torch.cat([latent_mask, masked], dim=1)
+
+    # -- stage 5: sampling ----------------------------------------------------------------------------
+
+    def dit_conditioning(self, conditioning: PromptConditioning, window: Window,
+                         local_add_cond: torch.Tensor | None = None) -> DiTConditioning:
+        """Assemble the DiT inputs (cast to the model dtype) from the stage outputs."""
+        if conditioning.batch_size != window.batch_size:
+            raise ValueError(f"conditioning for {conditioning.batch_size} items but a window of {window.batch_size}")
+        if conditioning.durations != window.durations:
+            raise ValueError(f"conditioning durations {list(conditioning.durations)} differ from the window's "
+                             f"{list(window.durations)}")
+        if local_add_cond is None:
+            local_add_cond = self.inpaint_condition(window)
+        pos, neg = conditioning.positive, conditioning.negative
+        return DiTConditioning(
+            cross_attn_cond=pos.cross_attn_cond.to(self.dtype),
+            global_cond=pos.global_cond.to(self.dtype),
+            local_add_cond=local_add_cond.to(self.dtype),
+            padding_mask=window.padding_mask(self.device),
+            negative_cross_attn_cond=None if neg is None else neg.cross_attn_cond.to(self.dtype),
+            negative_cross_attn_mask=None if neg is None else negative_token_mask(neg.prompt_mask),
+        )
+
+    def schedule(self, window: Window, steps: int, sigma_max: float = 1.0,
+                 dist_shift: DistributionShift | Mapping[str, Any] | None = None) -> torch.Tensor:
+        """Per-item timesteps (B, steps + 1); the shift defaults to the config's sampling shift."""
+        if dist_shift is None or isinstance(dist_shift, Mapping):
+            dist_shift = shift_from_options(dist_shift if dist_shift is not None else self.config.sampling_shift)
+        return build_schedule(steps, sigma_max, dist_shift, window.effective_lengths(), device=self.device)
+
+    @torch.inference_mode()
+    def sample_latents(
+        self,
+        noise: torch.Tensor,
+        generator: torch.Generator,
+        conditioning: DiTConditioning,
+        window: Window,
+        *,
+        steps: int,
+        guidance: GuidanceOptions = GuidanceOptions(),
+        sampler: str | None = None,
+        init_latents: torch.Tensor | None = None,
+        init_noise_level: float = 1.0,
+        dist_shift: DistributionShift | Mapping[str, Any] | None = None,
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Run the sampler from ``noise`` (mixed with ``init_latents`` at ``init_noise_level`` for
+        audio-to-audio) and return the clean latents, float32."""
+        masks.validate_steps(steps)
+        sigma_max = 1.0
+        x = noise.to(self.dtype)
+        if init_latents is not None:
+            masks.validate_init_noise_level(init_noise_level)
+            sigma_max = float(init_noise_level)
+            x = mix_init(init_latents.to(self.dtype).expand_as(x), x, sigma_max)
+        schedule = self.schedule(window, steps, sigma_max, dist_shift)
+        model_fn = GuidedModel(self.dit, conditioning, guidance)
+        latents = sample(model_fn, x, schedule, sampler=sampler or self.default_sampler, callback=callback,
+                         generator=generator)
+        return latents.float()
+
+    # -- stage 6: decoding ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def decode_latents(
+        self,
+        latents: torch.Tensor,
+        window: Window,
+        *,
+        chunked: bool | None = None,
+        peak: masks.PeakPolicy = "clamp",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """Latents (B, 256, L) -> audio (B, 2, samples) float32: SAME decode (chunked by default as the
+        config says, bounded memory), zeros past each item's valid latents, then the peak policy."""
+        chunked = self.config.autoencoder.chunked if chunked is None else chunked
+        audio = self.autoencoder.decode_audio(latents.to(self._autoencoder_dtype()), chunked=chunked,
+                                              progress=progress)
+        audio = masks.zero_padding(audio, window.padding_mask(audio.device), self.downsampling_ratio)
+        return masks.apply_peak_policy(audio, peak)
+
+    def _autoencoder_dtype(self) -> torch.dtype:
+        return next(self.autoencoder.parameters()).dtype
+
+    # -- the official entry point ---------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str | Sequence[str] | None = None,
+        negative_prompt: str | Sequence[str] | None = None,
+        duration: float | Sequence[float] = 120,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+        batch_size: int = 1,
+        sample_size: int | None = None,
+        truncate_output_to_duration: bool = True,
+        seed: int = -1,
+        init_audio: AudioInput | None = None,
+        init_noise_level: float = 1.0,
+        inpaint_audio: AudioInput | None = None,
+        inpaint_mask: torch.Tensor | None = None,
+        inpaint_mask_start_seconds: float | Sequence[float] | None = None,
+        inpaint_mask_end_seconds: float | Sequence[float] | None = None,
+        duration_padding_sec: float = 6.0,
+        apg_scale: float = 1.0,
+        dist_shift: DistributionShift | Mapping[str, Any] | None = None,
+        return_latents: bool = False,
+        chunked_decode: bool | None = None,
+        sampler_type: str | None = None,
+        cfg_interval: tuple[float, float] = (0.0, 1.0),
+        cfg_norm_threshold: float = 0.0,
+        scale_phi: float = 0.0,
+        peak: masks.PeakPolicy = "clamp",
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Generate audio; the official keyword arguments and results.
+
+        Returns audio (B, 2, int(duration * sr)) float32, or latents (B, 256, L) with ``return_latents``.
+        When per-item durations differ, returns a list of (2, int(d_b * sr)) tensors, one per item (the
+        official code returns the untrimmed window instead; ``truncate_output_to_duration=False`` gives that).
+        ``steps`` / ``cfg_scale`` default to the model's recommendation (8 / 1 post-trained, 50 / 7 base).
+        The seed used is in :attr:`last_seed` (``seed=-1`` draws one).
+        ``peak``: "clamp" (official hard clip), "limit" (scale an item down only if it would clip), "none".
+        """
+        result = self.run(
+            prompt=prompt, negative_prompt=negative_prompt, duration=duration, steps=steps, cfg_scale=cfg_scale,
+            batch_size=batch_size, sample_size=sample_size, seed=seed, init_audio=init_audio,
+            init_noise_level=init_noise_level, inpaint_audio=inpaint_audio, inpaint_mask=inpaint_mask,
+            inpaint_mask_start_seconds=inpaint_mask_start_seconds, inpaint_mask_end_seconds=inpaint_mask_end_seconds,
+            duration_padding_sec=duration_padding_sec, apg_scale=apg_scale, dist_shift=dist_shift,
+            decode=not return_latents, chunked_decode=chunked_decode, sampler_type=sampler_type,
+            cfg_interval=cfg_interval, cfg_norm_threshold=cfg_norm_threshold, scale_phi=scale_phi, peak=peak,
+            callback=callback,
+        )
+        if return_latents:
+            return result.latents
+        assert result.audio is not None
+        if not truncate_output_to_duration:
+            return result.audio
+        if len(set(result.window.durations)) == 1:
+            return result.audio[..., : result.window.output_samples()[0]]
+        return result.items
+
+    last_seed: int | None = None
+
+    def run(
+        self,
+        *,
+        prompt: str | Sequence[str] | None,
+        negative_prompt: str | Sequence[str] | None = None,
+        duration: float | Sequence[float] = 120,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+        batch_size: int = 1,
+        sample_size: int | None = None,
+        seed: int = -1,
+        init_audio: AudioInput | None = None,
+        init_noise_level: float = 1.0,
+        inpaint_audio: AudioInput | None = None,
+        inpaint_mask: torch.Tensor | None = None,
+        inpaint_mask_start_seconds: float | Sequence[float] | None = None,
+        inpaint_mask_end_seconds: float | Sequence[float] | None = None,
+        duration_padding_sec: float = 6.0,
+        apg_scale: float = 1.0,
+        dist_shift: DistributionShift | Mapping[str, Any] | None = None,
+        decode: bool = True,
+        chunked_decode: bool | None = None,
+        sampler_type: str | None = None,
+        cfg_interval: tuple[float, float] = (0.0, 1.0),
+        cfg_norm_threshold: float = 0.0,
+        scale_phi: float = 0.0,
+        peak: masks.PeakPolicy = "clamp",
+        callback: StepCallback | None = None,
+    ) -> GenerationResult:
+        """:meth:`generate`, returning every intermediate the caller may want (seed, window, latents)."""
+        # 1. Validate the whole request before any work.
+        if prompt is None:
+            raise ValueError("prompt is required")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        prompts = masks.per_item(prompt, batch_size, "prompt")
+        negatives = None if negative_prompt is None else masks.per_item(negative_prompt, batch_size, "negative_prompt")
+        durations = masks.per_item(duration, batch_size, "duration")
+        steps = self.default_steps if steps is None else steps
+        masks.validate_steps(steps)
+        cfg_scale = self.default_cfg_scale if cfg_scale is None else float(cfg_scale)
+        if init_audio is not None:
+            masks.validate_init_noise_level(init_noise_level)
+        if peak not in masks.PEAK_POLICIES:
+            raise ValueError(f"unknown peak policy {peak!r} (expected one of {', '.join(masks.PEAK_POLICIES)})")
+        window = self.plan_window(durations, duration_padding_sec, sample_size)
+        regions = _regions_from_seconds(inpaint_mask_start_seconds, inpaint_mask_end_seconds)
+        if regions is not None:
+            inpaint_mask = None  # the official precedence: seconds win over a prebuilt mask
+        guidance = GuidanceOptions(cfg_scale=cfg_scale, apg_scale=apg_scale, cfg_interval=tuple(cfg_interval),
+                                   cfg_norm_threshold=cfg_norm_threshold, scale_phi=scale_phi)
+        # Checks every region and audio input (raises here, before sampling).
+        local_add_cond = self._build_inpaint(window, inpaint_audio, regions, inpaint_mask)
+        init_latents = self.encode_audio(init_audio, window, "init_audio") if init_audio is not None else None
+
+        # 2. Noise first (the official order), then text.
+        self.last_seed = seed = resolve_seed(seed)
+        noise, generator = self.initial_noise(window, seed)
+        conditioning = self.encode_prompts(prompts, durations, negatives)
+        dit_cond = self.dit_conditioning(conditioning, window, local_add_cond)
+
+        # 3. Sample and decode.
+        latents = self.sample_latents(noise, generator, dit_cond, window, steps=steps, guidance=guidance,
+                                      sampler=sampler_type, init_latents=init_latents,
+                                      init_noise_level=init_noise_level, dist_shift=dist_shift, callback=callback)
+        result = GenerationResult(seed=seed, window=window, latents=latents)
+        if decode:
+            result.audio = self.decode_latents(latents, window, chunked=chunked_decode, peak=peak)
+            result.items = [item[..., :n] for item, n in zip(result.audio, window.output_samples())]
+        return result
+
+    def _build_inpaint(self, window: Window, inpaint_audio: AudioInput | None,
+                       regions: list[masks.Region] | None, mask: torch.Tensor | None) -> torch.Tensor:
+        if regions is None and mask is None:
+            if inpaint_audio is not None:
+                raise ValueError("inpaint_audio was given without inpaint_mask_start/end_seconds or an inpaint_mask")
+            return self.inpaint_condition(window)
+        # Regions are validated inside inpaint_condition; do it before the (slow) audio encode.
+        if regions is not None:
+            for b, seconds in enumerate(window.durations):
+                masks.validate_regions(regions, seconds, name=f"item {b}: inpaint region")
+        source = self.encode_audio(inpaint_audio, window, "inpaint_audio") if inpaint_audio is not None else None
+        return self.inpaint_condition(window, source, regions=regions, mask=mask)
+
+    # -- LoRA -----------------------------------------------------------------------------------------
+
+    def load_lora(self, paths: str | Path | Sequence[str | Path], *, dora_mode: str | None = None) -> list[str]:
+        """Append LoRA files (official safetensors) to the stack, each at strength 1; they compose in order.
+
+        ``dora_mode``: "linear" (default; DoRA strength scales the change linearly) or "official" (the
+        official response, needed to reproduce its outputs at strengths other than 0 and 1).
+        """
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        if self.lora is None:
+            self.lora = LoRAStack({"dit": self.dit, "conditioner": self.conditioners},
+                                  dora_mode=dora_mode or "linear")
+        elif dora_mode is not None:
+            self.lora.set_dora_mode(dora_mode)
+        return self.lora.load(list(paths))
+
+    def set_lora_strength(self, strength: float, lora_index: int | None = None, target: str | None = None) -> None:
+        """Strength of every LoRA (``lora_index=None``) or one, on both targets or only ``"dit"`` /
+        ``"conditioner"``. 0 disables without unloading; > 1 amplifies."""
+        if self.lora is None:
+            raise ValueError("no LoRA is loaded")
+        self.lora.set_strength(strength, lora_index=lora_index, target=target)
+
+    def unload_lora(self) -> None:
+        """Remove every LoRA; the base weights come back bit for bit."""
+        if self.lora is not None:
+            self.lora.unload()
+            self.lora = None
+
+
+def _regions_from_seconds(starts: float | Sequence[float] | None,
+                          ends: float | Sequence[float] | None) -> list[masks.Region] | None:
+    """The official ``inpaint_mask_start/end_seconds`` pair (scalars or equal-length lists) as regions."""
+    if starts is None and ends is None:
+        return None
+    if starts is None or ends is None:
+        raise ValueError("give both inpaint_mask_start_seconds and inpaint_mask_end_seconds")
+    start_list, end_list = isinstance(starts, (list, tuple)), isinstance(ends, (list, tuple))
+    if start_list != end_list:
+        raise ValueError("inpaint_mask_start_seconds and inpaint_mask_end_seconds must both be numbers or both lists")
+    starts_ = list(starts) if start_list else [starts]  # type: ignore[arg-type]
+    ends_ = list(ends) if end_list else [ends]  # type: ignore[arg-type]
+    if len(starts_) != len(ends_):
+        raise ValueError(f"{len(starts_)} inpaint starts but {len(ends_)} ends")
+    if not starts_:
+        raise ValueError("no inpaint regions given")
+    return [(s, e) for s, e in zip(starts_, ends_)]

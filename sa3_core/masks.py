@@ -158,8 +158,9 @@ def inpaint_mask_samples(
 
     Give either ``regions`` (seconds; one list of ``(start, end)`` shared by every item, or a list of
     ``batch_size`` such lists, one per item) or a prebuilt ``mask`` in samples ((N',), (1, N') or (B, N');
-    1 = keep, 0 = generate). A prebuilt mask longer than the window (``num_samples``) is cut to it; a
-    shorter one is kept as is and later stretched over the window by :func:`mask_to_latents` (official).
+    1 = keep, 0 = generate). A prebuilt mask longer than the window (``num_samples``) is cut to it (official);
+    a shorter one is padded with 0 (generate). The official code stretches a shorter mask over the window,
+    which moves its regions in time; it documents full-length masks only, and those behave the same here.
 
     Regions are checked with :func:`validate_regions` against each item's duration.
     Then, as in training, each item's mask is zeroed from ``int(seconds_total[b] * sr)`` on: audio past the
@@ -189,7 +190,8 @@ def inpaint_mask_samples(
             rows = rows[None]
         if rows.ndim != 2 or rows.shape[0] not in (1, batch_size):
             raise ValueError(f"inpaint mask of shape {tuple(mask.shape)} does not fit a batch of {batch_size} (expected (N,), (1, N) or (B, N))")
-        rows = rows[:, :num_samples].expand(batch_size, -1)
+        rows = F.pad(rows[:, :num_samples], (0, max(0, num_samples - rows.shape[-1])), value=0.0)
+        rows = rows.expand(batch_size, -1)
 
     rows = rows.clone()
     for b, seconds in enumerate(seconds_total):

@@ -254,10 +254,8 @@ class StableAudioModel:
             raise ValueError(f"{len(prompts)} prompts for {len(durations)} durations")
         if negative_prompts is not None and len(negative_prompts) != len(prompts):
             raise ValueError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts")
-        for name, values in (("prompt", prompts), ("negative_prompt", negative_prompts or ())):
-            for i, value in enumerate(values):
-                if not isinstance(value, str):
-                    raise ValueError(f"{name}[{i}] must be a string, got {type(value).__name__}")
+        validate_prompts(prompts, "prompt")
+        validate_prompts(negative_prompts or (), "negative_prompt")
 
         def condition(texts: Sequence[str]) -> Conditioning:
             hidden, mask = self.text_encoder.encode(list(texts))
@@ -524,11 +522,12 @@ class StableAudioModel:
         prompts = masks.per_item(prompt, batch_size, "prompt")
         negatives = None if negative_prompt is None else masks.per_item(negative_prompt, batch_size, "negative_prompt")
         durations = masks.per_item(duration, batch_size, "duration")
+        validate_prompts(prompts, "prompt")
+        validate_prompts(negatives or (), "negative_prompt")
         steps = self.default_steps if steps is None else steps
         masks.validate_steps(steps)
         cfg_scale = self.default_cfg_scale if cfg_scale is None else float(cfg_scale)
-        if init_audio is not None:
-            masks.validate_init_noise_level(init_noise_level)
+        masks.validate_init_noise_level(init_noise_level)  # also without init audio: a wrong value is a mistake
         if peak not in masks.PEAK_POLICIES:
             raise ValueError(f"unknown peak policy {peak!r} (expected one of {', '.join(masks.PEAK_POLICIES)})")
         window = self.plan_window(durations, duration_padding_sec, sample_size)
@@ -599,6 +598,12 @@ class StableAudioModel:
         if self.lora is not None:
             self.lora.unload()
             self.lora = None
+
+
+def validate_prompts(values: Sequence[object], name: str) -> None:
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            raise ValueError(f"{name}[{i}] must be a string, got {type(value).__name__}")
 
 
 def _regions_from_seconds(starts: float | Sequence[float] | None,

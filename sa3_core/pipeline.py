@@ -453,6 +453,11 @@ class StableAudioModel:
         scale_phi: float = 0.0,
         peak: masks.PeakPolicy = "clamp",
         callback: StepCallback | None = None,
+        conditioning: Sequence[Mapping[str, Any]] | None = None,
+        conditioning_tensors: Mapping[str, Any] | None = None,
+        negative_conditioning: Sequence[Mapping[str, Any]] | None = None,
+        negative_conditioning_tensors: Mapping[str, Any] | None = None,
+        sigma_max: float | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Generate audio; the official keyword arguments and results.
 
@@ -462,7 +467,24 @@ class StableAudioModel:
         ``steps`` / ``cfg_scale`` default to the model's recommendation (8 / 1 post-trained, 50 / 7 base).
         The seed used is in :attr:`last_seed` (``seed=-1`` draws one).
         ``peak``: "clamp" (official hard clip), "limit" (scale an item down only if it would clip), "none".
+
+        The official low-level path works too: ``conditioning=[{"prompt": ..., "seconds_total": ...}, ...]``
+        (and ``negative_conditioning``) replace prompt/duration; ``conditioning_tensors`` /
+        ``negative_conditioning_tensors`` (official dicts ``{"prompt": (emb, mask), "seconds_total": (emb, mask)}``)
+        replace the text encoding. Unlike the official code, the window and padding mask still come from the
+        durations (``conditioning`` or ``duration``), never a silent 120 s window. ``sigma_max`` is accepted
+        for compatibility; rectified-flow models ignore it officially, so only ``None`` / 1 is allowed
+        (use ``init_noise_level``).
         """
+        if sigma_max is not None and sigma_max != 1.0:
+            raise ValueError("sigma_max is not used by SA3's rectified-flow samplers; use init_noise_level with init_audio")
+        if conditioning is not None:
+            prompt, duration = _from_conditioning_dicts(conditioning, "conditioning")
+            batch_size = len(prompt)
+        if negative_conditioning is not None:
+            negative_prompt, _ = _from_conditioning_dicts(negative_conditioning, "negative_conditioning")
+        if prompt is None and conditioning_tensors is not None:
+            prompt = ""  # unused: the tensors replace the text encoding
         result = self.run(
             prompt=prompt, negative_prompt=negative_prompt, duration=duration, steps=steps, cfg_scale=cfg_scale,
             batch_size=batch_size, sample_size=sample_size, seed=seed, init_audio=init_audio,
@@ -471,7 +493,8 @@ class StableAudioModel:
             duration_padding_sec=duration_padding_sec, apg_scale=apg_scale, dist_shift=dist_shift,
             decode=not return_latents, chunked_decode=chunked_decode, sampler_type=sampler_type,
             cfg_interval=cfg_interval, cfg_norm_threshold=cfg_norm_threshold, scale_phi=scale_phi, peak=peak,
-            callback=callback,
+            callback=callback, conditioning_tensors=conditioning_tensors,
+            negative_conditioning_tensors=negative_conditioning_tensors,
         )
         if return_latents:
             return result.latents
@@ -512,6 +535,8 @@ class StableAudioModel:
         scale_phi: float = 0.0,
         peak: masks.PeakPolicy = "clamp",
         callback: StepCallback | None = None,
+        conditioning_tensors: Mapping[str, Any] | None = None,
+        negative_conditioning_tensors: Mapping[str, Any] | None = None,
     ) -> GenerationResult:
         """:meth:`generate`, returning every intermediate the caller may want (seed, window, latents)."""
         # 1. Validate the whole request before any work.
@@ -543,7 +568,8 @@ class StableAudioModel:
         # 2. Noise first (the official order), then text.
         self.last_seed = seed = resolve_seed(seed)
         noise, generator = self.initial_noise(window, seed)
-        conditioning = self.encode_prompts(prompts, durations, negatives)
+        conditioning = self._conditioning(prompts, durations, negatives, conditioning_tensors,
+                                          negative_conditioning_tensors)
         dit_cond = self.dit_conditioning(conditioning, window, local_add_cond)
 
         # 3. Sample and decode.
@@ -555,6 +581,18 @@ class StableAudioModel:
             result.audio = self.decode_latents(latents, window, chunked=chunked_decode, peak=peak)
             result.items = [item[..., :n] for item, n in zip(result.audio, window.output_samples())]
         return result
+
+    def _conditioning(self, prompts, durations, negatives, tensors, negative_tensors) -> PromptConditioning:
+        """Encode the prompts, unless the caller passed precomputed (official-format) tensors."""
+        need_text = tensors is None or (negatives is not None and negative_tensors is None)
+        encoded = self.encode_prompts(prompts, durations, negatives if need_text else None) if need_text else None
+        positive = conditioning_from_tensors(tensors, len(durations)) if tensors is not None else encoded.positive
+        if negative_tensors is not None:
+            negative = conditioning_from_tensors(negative_tensors, len(durations))
+        else:
+            negative = encoded.negative if encoded is not None else None
+        return PromptConditioning(positive=positive, negative=negative, durations=tuple(float(d) for d in durations),
+                                  prompts=tuple(prompts), negative_prompts=tuple(negatives) if negatives else None)
 
     def _build_inpaint(self, window: Window, inpaint_audio: AudioInput | None,
                        regions: list[masks.Region] | None, mask: torch.Tensor | None) -> torch.Tensor:
@@ -598,6 +636,44 @@ class StableAudioModel:
         if self.lora is not None:
             self.lora.unload()
             self.lora = None
+
+
+def conditioning_from_tensors(tensors: Mapping[str, Any], batch_size: int) -> Conditioning:
+    """An official ``conditioning_tensors`` dict (``{"prompt": (emb (B, 256, 768), mask (B, 256)),
+    "seconds_total": (emb (B, 1, 768), mask (B, 1))}``, as its ``model.conditioner(...)`` returns) as a
+    :class:`Conditioning`."""
+    try:
+        prompt, prompt_mask = tensors["prompt"]
+        seconds, seconds_mask = tensors["seconds_total"]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError('conditioning tensors must map "prompt" and "seconds_total" to (embeddings, mask) pairs') from None
+    if seconds.ndim == 2:
+        seconds, seconds_mask = seconds[:, None], seconds_mask[:, None]
+    if prompt.ndim != 3 or prompt.shape[0] != batch_size or seconds.shape[0] != batch_size:
+        raise ValueError(f"conditioning tensors of shapes {tuple(prompt.shape)} / {tuple(seconds.shape)} do not fit "
+                         f"a batch of {batch_size}")
+    seconds = seconds.to(device=prompt.device, dtype=prompt.dtype)
+    prompt_mask = prompt_mask.bool()
+    return Conditioning(
+        prompt_embeddings=prompt, prompt_mask=prompt_mask, seconds_embeddings=seconds,
+        cross_attn_cond=torch.cat([prompt, seconds], dim=1),
+        cross_attn_mask=torch.cat([prompt_mask, seconds_mask.bool().to(prompt_mask.device)], dim=1),
+        global_cond=seconds.squeeze(1),
+    )
+
+
+def _from_conditioning_dicts(dicts: Sequence[Mapping[str, Any]], name: str) -> tuple[list[str], list[float]]:
+    """Official conditioning dicts -> (prompts, durations)."""
+    if isinstance(dicts, Mapping) or not dicts:
+        raise ValueError(f"{name} must be a non-empty list of {{'prompt': ..., 'seconds_total': ...}} dicts")
+    prompts, durations = [], []
+    for i, entry in enumerate(dicts):
+        unknown = set(entry) - {"prompt", "seconds_total"}
+        if unknown or "prompt" not in entry:
+            raise ValueError(f"{name}[{i}]: expected keys 'prompt' and 'seconds_total', got {sorted(entry)}")
+        prompts.append(entry["prompt"])
+        durations.append(entry.get("seconds_total", 120))
+    return prompts, durations
 
 
 def validate_prompts(values: Sequence[object], name: str) -> None:

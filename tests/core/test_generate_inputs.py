@@ -190,3 +190,26 @@ def test_chunked_and_unchunked_decode_agree(model: StableAudioModel) -> None:
     whole = model.decode_latents(latents, window, chunked=False, peak="none")
     assert chunked.shape == whole.shape
     assert ((chunked - whole).norm() / whole.norm()) < 1e-4
+
+
+def test_official_low_level_conditioning_paths(model: StableAudioModel) -> None:
+    kwargs = dict(steps=2, seed=5, cfg_scale=3.0, return_latents=True)
+    simple = model.generate(prompt=["piano", "drums"], negative_prompt=["noise", "loud"], duration=[2.0, 1.5],
+                            batch_size=2, **kwargs)
+    dicts = model.generate(conditioning=[{"prompt": "piano", "seconds_total": 2.0}, {"prompt": "drums", "seconds_total": 1.5}],
+                           negative_conditioning=[{"prompt": "noise", "seconds_total": 2.0}, {"prompt": "loud", "seconds_total": 1.5}],
+                           **kwargs)
+    assert torch.equal(simple, dicts)
+    encoded = model.encode_prompts(["piano", "drums"], [2.0, 1.5], ["noise", "loud"])
+
+    def official(c):  # the dict the official model.conditioner(...) returns
+        return {"prompt": (c.prompt_embeddings, c.prompt_mask), "seconds_total": (c.seconds_embeddings, torch.ones(2, 1))}
+
+    tensors = model.generate(conditioning_tensors=official(encoded.positive),
+                             negative_conditioning_tensors=official(encoded.negative),
+                             duration=[2.0, 1.5], batch_size=2, **kwargs)
+    assert torch.equal(simple, tensors)
+    with pytest.raises(ValueError, match="sigma_max"):
+        model.generate(prompt="x", duration=1.0, sigma_max=0.5)
+    with pytest.raises(ValueError, match="expected keys"):
+        model.generate(conditioning=[{"text": "x"}], duration=1.0)

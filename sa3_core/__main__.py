@@ -138,15 +138,16 @@ def generate(args: argparse.Namespace) -> list[Path]:
     print(f"loaded {args.model} in {time.perf_counter() - started:.1f} s on {model.device} ({model.dtype})", file=sys.stderr)
 
     started = time.perf_counter()
-    result = model.run(prompt=prompts, negative_prompt=negatives, duration=duration, batch_size=batch_size,
-                       steps=args.steps, cfg_scale=args.cfg_scale, apg_scale=args.apg_scale, sampler_type=args.sampler,
-                       seed=args.seed, chunked_decode=False if args.no_chunked_decode else None, peak=args.peak,
-                       callback=_progress, **kwargs)
-    print(f"generated {batch_size} x {max(durations):g} s in {time.perf_counter() - started:.1f} s, seed {result.seed}",
+    output = model.generate(prompt=prompts, negative_prompt=negatives, duration=duration, batch_size=batch_size,
+                            steps=args.steps, cfg_scale=args.cfg_scale, apg_scale=args.apg_scale, sampler_type=args.sampler,
+                            seed=args.seed, chunked_decode=False if args.no_chunked_decode else None, peak=args.peak,
+                            callback=_progress, **kwargs)
+    items = list(output)  # a (B, 2, T) tensor, or one tensor per item when durations differ
+    print(f"generated {batch_size} x {max(durations):g} s in {time.perf_counter() - started:.1f} s, seed {model.last_seed}",
           file=sys.stderr)
     outputs = []
-    for index, item in enumerate(result.items):
-        path = args.out if len(result.items) == 1 else args.out.with_name(f"{args.out.stem}_{index + 1}{args.out.suffix}")
+    for index, item in enumerate(items):
+        path = args.out if len(items) == 1 else args.out.with_name(f"{args.out.stem}_{index + 1}{args.out.suffix}")
         outputs.append(write_wav(path, item, model.sample_rate, float32=args.float32_wav))
         print(path)
     return outputs

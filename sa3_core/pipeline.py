@@ -21,7 +21,7 @@ before any sampling, and a batch of different durations comes back as one tensor
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -133,17 +133,6 @@ class PromptConditioning:
     @property
     def batch_size(self) -> int:
         return len(self.durations)
-
-
-@dataclass
-class GenerationResult:
-    """What :meth:`StableAudioModel.run` returns besides the tensors users asked for."""
-
-    seed: int
-    window: Window
-    latents: torch.Tensor
-    audio: torch.Tensor | None = None  # (B, 2, window samples), zeroed past the valid lengths, peak policy applied
-    items: list[torch.Tensor] = field(default_factory=list)  # each (2, int(duration * sr))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -485,60 +474,6 @@ class StableAudioModel:
             negative_prompt, _ = _from_conditioning_dicts(negative_conditioning, "negative_conditioning")
         if prompt is None and conditioning_tensors is not None:
             prompt = ""  # unused: the tensors replace the text encoding
-        result = self.run(
-            prompt=prompt, negative_prompt=negative_prompt, duration=duration, steps=steps, cfg_scale=cfg_scale,
-            batch_size=batch_size, sample_size=sample_size, seed=seed, init_audio=init_audio,
-            init_noise_level=init_noise_level, inpaint_audio=inpaint_audio, inpaint_mask=inpaint_mask,
-            inpaint_mask_start_seconds=inpaint_mask_start_seconds, inpaint_mask_end_seconds=inpaint_mask_end_seconds,
-            duration_padding_sec=duration_padding_sec, apg_scale=apg_scale, dist_shift=dist_shift,
-            decode=not return_latents, chunked_decode=chunked_decode, sampler_type=sampler_type,
-            cfg_interval=cfg_interval, cfg_norm_threshold=cfg_norm_threshold, scale_phi=scale_phi, peak=peak,
-            callback=callback, conditioning_tensors=conditioning_tensors,
-            negative_conditioning_tensors=negative_conditioning_tensors,
-        )
-        if return_latents:
-            return result.latents
-        assert result.audio is not None
-        if not truncate_output_to_duration:
-            return result.audio
-        if len(set(result.window.durations)) == 1:
-            return result.audio[..., : result.window.output_samples()[0]]
-        return result.items
-
-    last_seed: int | None = None
-
-    def run(
-        self,
-        *,
-        prompt: str | Sequence[str] | None,
-        negative_prompt: str | Sequence[str] | None = None,
-        duration: float | Sequence[float] = 120,
-        steps: int | None = None,
-        cfg_scale: float | None = None,
-        batch_size: int = 1,
-        sample_size: int | None = None,
-        seed: int = -1,
-        init_audio: AudioInput | None = None,
-        init_noise_level: float = 1.0,
-        inpaint_audio: AudioInput | None = None,
-        inpaint_mask: torch.Tensor | None = None,
-        inpaint_mask_start_seconds: float | Sequence[float] | None = None,
-        inpaint_mask_end_seconds: float | Sequence[float] | None = None,
-        duration_padding_sec: float = 6.0,
-        apg_scale: float = 1.0,
-        dist_shift: DistributionShift | Mapping[str, Any] | None = None,
-        decode: bool = True,
-        chunked_decode: bool | None = None,
-        sampler_type: str | None = None,
-        cfg_interval: tuple[float, float] = (0.0, 1.0),
-        cfg_norm_threshold: float = 0.0,
-        scale_phi: float = 0.0,
-        peak: masks.PeakPolicy = "clamp",
-        callback: StepCallback | None = None,
-        conditioning_tensors: Mapping[str, Any] | None = None,
-        negative_conditioning_tensors: Mapping[str, Any] | None = None,
-    ) -> GenerationResult:
-        """:meth:`generate`, returning every intermediate the caller may want (seed, window, latents)."""
         # 1. Validate the whole request before any work.
         if prompt is None:
             raise ValueError("prompt is required")
@@ -576,11 +511,18 @@ class StableAudioModel:
         latents = self.sample_latents(noise, generator, dit_cond, window, steps=steps, guidance=guidance,
                                       sampler=sampler_type, init_latents=init_latents,
                                       init_noise_level=init_noise_level, dist_shift=dist_shift, callback=callback)
-        result = GenerationResult(seed=seed, window=window, latents=latents)
-        if decode:
-            result.audio = self.decode_latents(latents, window, chunked=chunked_decode, peak=peak)
-            result.items = [item[..., :n] for item, n in zip(result.audio, window.output_samples())]
-        return result
+        if return_latents:
+            return latents
+        audio = self.decode_latents(latents, window, chunked=chunked_decode, peak=peak)
+        if not truncate_output_to_duration:
+            return audio
+        lengths = window.output_samples()
+        if len(set(lengths)) == 1:
+            return audio[..., : lengths[0]]
+        return [item[..., :n] for item, n in zip(audio, lengths)]
+
+    last_seed: int | None = None
+    """The seed of the latest :meth:`generate` call (the drawn one when ``seed=-1``)."""
 
     def _conditioning(self, prompts, durations, negatives, tensors, negative_tensors) -> PromptConditioning:
         """Encode the prompts, unless the caller passed precomputed (official-format) tensors."""

@@ -1,0 +1,139 @@
+"""Where the pack finds models: ComfyUI's ``folder_paths``.
+
+* ``stable_audio_3`` (``models/stable_audio_3/``, ours): official model folders (a folder holding
+  ``model_config.json``, ``model.safetensors`` and ``t5gemma-b-b-ul2/``, as downloaded from
+  ``stabilityai/stable-audio-3-*``) and Comfy-Org single files (``stable_audio_3_*.safetensors``).
+* ``text_encoders`` (ComfyUI's): the Comfy-Org ``t5gemma_b_b_ul2.safetensors`` or a T5Gemma folder, needed
+  by single files (an official folder brings its own).
+* ``loras`` (ComfyUI's): SA3 LoRA files (``.safetensors``).
+
+Extra locations work as for any ComfyUI key, through ``extra_model_paths.yaml`` (``stable_audio_3: ...``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import folder_paths
+
+MODELS_KEY = "stable_audio_3"
+TEXT_ENCODERS_KEY = "text_encoders"
+LORAS_KEY = "loras"
+
+MODEL_CONFIG = "model_config.json"
+AUTO_TEXT_ENCODER = "auto"
+NO_MODEL = "(no Stable Audio 3 model found - see tooltip)"
+NO_LORA = "(no LoRA found in models/loras)"
+
+
+def register_folders() -> None:
+    """Add ``models/stable_audio_3`` to folder_paths (once) and create it, so users see where models go."""
+    default = os.path.join(folder_paths.models_dir, MODELS_KEY)
+    folder_paths.add_model_folder_path(MODELS_KEY, default, is_default=True)
+    try:
+        os.makedirs(default, exist_ok=True)
+    except OSError:
+        pass  # a read-only install still works with models from extra_model_paths.yaml
+
+
+def _folders(key: str) -> list[Path]:
+    try:
+        return [Path(p) for p in folder_paths.get_folder_paths(key)]
+    except KeyError:
+        return []
+
+
+def model_search_paths() -> list[str]:
+    return [str(p) for p in _folders(MODELS_KEY)]
+
+
+def list_models() -> list[str]:
+    """Official folders (relative paths, ``/``-separated) and single ``.safetensors`` files outside them."""
+    found: set[str] = set()
+    for base in _folders(MODELS_KEY):
+        if not base.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+            here = Path(dirpath)
+            if MODEL_CONFIG in filenames and here != base:
+                found.add(here.relative_to(base).as_posix())
+                dirnames[:] = []  # a model folder's own files (weights, text encoder) are not models
+                continue
+            found.update((here / f).relative_to(base).as_posix() for f in filenames if f.endswith(".safetensors"))
+            dirnames.sort()
+    return sorted(found)
+
+
+def resolve_model(name: str) -> Path:
+    """The folder or file a Loader entry names; a clear error when it is not there."""
+    if name == NO_MODEL or not name:
+        raise ValueError(no_model_message())
+    for base in _folders(MODELS_KEY):
+        path = base / name
+        if path.is_dir() and (path / MODEL_CONFIG).is_file():
+            return path
+        if path.is_file() and path.suffix == ".safetensors":
+            return path
+    raise ValueError(f"Stable Audio 3 model {name!r} not found in {', '.join(model_search_paths())} "
+                     f"(expected an official model folder with {MODEL_CONFIG}, or a .safetensors file)")
+
+
+def no_model_message() -> str:
+    where = " or ".join(model_search_paths()) or "models/stable_audio_3"
+    return (f"No Stable Audio 3 model found. Put an official model folder (model_config.json, model.safetensors, "
+            f"t5gemma-b-b-ul2/) or a Comfy-Org stable_audio_3_*.safetensors file in {where}, then refresh.")
+
+
+def list_text_encoders() -> list[str]:
+    """``.safetensors`` files and T5Gemma folders (``config.json`` inside) in models/text_encoders."""
+    found = set(f for f in folder_paths.get_filename_list(TEXT_ENCODERS_KEY) if f.endswith(".safetensors"))
+    for base in _folders(TEXT_ENCODERS_KEY):
+        if base.is_dir():
+            found.update(p.name for p in base.iterdir() if p.is_dir() and (p / "config.json").is_file())
+    return sorted(found)
+
+
+def resolve_text_encoder(name: str, model_path: Path) -> Path | None:
+    """The text encoder to load: None lets an official folder use its own; ``auto`` for a single file
+    picks the one T5Gemma in models/text_encoders."""
+    if name != AUTO_TEXT_ENCODER:
+        for base in _folders(TEXT_ENCODERS_KEY):
+            if (base / name).exists():
+                return base / name
+        raise ValueError(f"text encoder {name!r} not found in {', '.join(map(str, _folders(TEXT_ENCODERS_KEY)))}")
+    if model_path.is_dir():
+        return None
+    candidates = [n for n in list_text_encoders() if "t5gemma" in n.lower()]
+    if not candidates:
+        raise ValueError(f"{model_path.name} is a single-file checkpoint without a text encoder: put the Comfy-Org "
+                         "t5gemma_b_b_ul2.safetensors in models/text_encoders and choose it as text_encoder")
+    if len(candidates) > 1:
+        raise ValueError(f"several T5Gemma text encoders in models/text_encoders ({', '.join(candidates)}); "
+                         "choose one as text_encoder")
+    return resolve_text_encoder(candidates[0], model_path)
+
+
+def list_loras() -> list[str]:
+    return [f for f in folder_paths.get_filename_list(LORAS_KEY) if f.endswith(".safetensors")]
+
+
+def resolve_lora(name: str) -> Path:
+    if name == NO_LORA or not name:
+        raise ValueError("No LoRA chosen: put SA3 LoRA .safetensors files in models/loras, then refresh")
+    path = folder_paths.get_full_path(LORAS_KEY, name)
+    if path is None:
+        raise ValueError(f"LoRA {name!r} not found in {', '.join(map(str, _folders(LORAS_KEY)))}")
+    return Path(path)
+
+
+def fingerprint(path: Path) -> str:
+    """Changes when a model file or folder is replaced on disk, so the Loader reloads it."""
+    parts = []
+    for p in ([path / MODEL_CONFIG, path / "model.safetensors"] if path.is_dir() else [path]):
+        try:
+            stat = p.stat()
+            parts.append(f"{p}:{stat.st_size}:{stat.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{p}:missing")
+    return "|".join(parts)

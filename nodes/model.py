@@ -1,0 +1,182 @@
+"""The SA3_MODEL wire: a StableAudioModel whose weights ComfyUI's model management owns.
+
+Loading
+    ``sa3_core.checkpoint.load_components`` builds the DiT and SAME with ``comfy.ops.disable_weight_init``
+    layers (interruptible, and ComfyUI can cast them) on the offload device, in the chosen dtype. The
+    ``StableAudioModel`` stage methods are then used unchanged: the nodes call exactly what ``generate``
+    calls.
+
+Three ModelPatchers, one per stage, so each stage only holds the weights it needs
+    ``text``  T5Gemma encoder + the SA3 conditioners   (TextEncode)
+    ``dit``   the diffusion transformer                 (RFSampler)
+    ``vae``   the SAME autoencoder                      (InitAudioEncode, InpaintMask, VAEDecode)
+    Each node calls ``load_models_gpu`` for its part before computing, so ComfyUI moves it to the compute
+    device, evicts or offloads other models to make room, and gives the memory back when something else
+    needs it. Parts are loaded whole (``force_full_load``): only the Linear/Conv1d layers come from
+    ``operations``, so a partial (low-VRAM) load would leave norm and embedding weights behind on the CPU.
+
+LoRA (non-destructive, ComfyUI's own mechanism)
+    LoRAApply returns a new SA3Model whose ``dit`` and ``text`` patchers are clones of the *unpatched*
+    loader patchers with one weight patch per adapted weight. The patch computes
+    ``sa3_core.lora.effective_weight(base, adapters of the whole stack, strengths)`` when ComfyUI loads
+    the clone (and ComfyUI restores the base weights when another clone, or the plain model, is loaded),
+    so the weights equal ``StableAudioModel.load_lora`` + ``set_lora_strength`` bit for bit, other
+    branches of the graph never see the LoRA, and changing a LoRA never reloads the checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+from comfy.weight_adapter import WeightAdapterBase
+
+from ..sa3_core.checkpoint import load_components
+from ..sa3_core.lora import DEFAULT_ROOTS, Adapter, LoRAFile, effective_weight, module_name_to_target, read_lora_file
+from ..sa3_core.pipeline import StableAudioModel, default_dtype
+
+PARTS = ("text", "dit", "vae")
+
+# Where each LoRA target's modules sit inside the patchers' containers (see _Container below).
+_LORA_TARGET_PART = {"dit": ("dit", "dit."), "conditioner": ("text", "conditioners.")}
+
+LORA_TARGETS = {
+    "dit and conditioner": ("dit", "conditioner"),
+    "dit": ("dit",),
+    "conditioner": ("conditioner",),
+}
+
+DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class _Container(nn.Module):
+    """The nn.Module a ModelPatcher manages: names the stage's modules so weight keys are stable
+    (``dit.<path>.weight``, ``conditioners.<path>.weight``, ...)."""
+
+    def __init__(self, **modules: nn.Module):
+        super().__init__()
+        for name, module in modules.items():
+            self.add_module(name, module)
+
+
+@dataclass(frozen=True)
+class LoRAEntry:
+    """One LoRAApply in a chain."""
+
+    name: str
+    file: LoRAFile
+    strength: float
+    targets: tuple[str, ...]  # the LoRA targets ("dit", "conditioner") the strength applies to; others get 0
+
+    def strength_for(self, target: str) -> float:
+        return self.strength if target in self.targets else 0.0
+
+
+class _StackPatch(WeightAdapterBase):
+    """A ComfyUI weight patch: the SA3 LoRA stack's effective weight for one parameter.
+
+    ComfyUI calls ``calculate_weight`` with a float32 working copy of the base weight when it loads the
+    patched clone; we compute in the parameter's own dtype, as ``LoRAStack`` does, so the result is the
+    same bits the Python API produces.
+    """
+
+    name = "sa3_lora_stack"
+
+    def __init__(self, adapters: list[Adapter], strengths: list[float], dtype: torch.dtype):
+        self.loaded_keys: set[str] = set()
+        self.weights: list[torch.Tensor] = []
+        self.adapters = adapters
+        self.strengths = strengths
+        self.dtype = dtype
+
+    def calculate_weight(self, weight, key, strength, strength_model, offset, function,
+                         intermediate_dtype=torch.float32, original_weight=None):
+        base = weight.to(self.dtype)
+        return effective_weight(base, self.adapters, self.strengths, dora_mode="linear").to(weight.dtype)
+
+
+@dataclass
+class SA3Model:
+    """What an SA3_MODEL wire carries: the stage API, its patchers and the LoRA chain applied to them."""
+
+    core: StableAudioModel
+    name: str
+    parts: dict[str, comfy.model_patcher.ModelPatcher]
+    base_parts: dict[str, comfy.model_patcher.ModelPatcher]  # the loader's, never patched
+    loras: tuple[LoRAEntry, ...] = field(default_factory=tuple)
+
+    # -- loading ------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: Path, *, text_encoder: Path | None, dtype: str, attention: str, base: bool) -> "SA3Model":
+        load_device = mm.get_torch_device()
+        weights_dtype = DTYPES[dtype] or default_dtype(load_device)
+        components = load_components(
+            path, device=mm.unet_offload_device(), dtype=weights_dtype, text_encoder_path=text_encoder,
+            operations=comfy.ops.disable_weight_init, attention_backend=attention, base=base,
+        )
+        core = StableAudioModel(components, device=load_device, dtype=weights_dtype)
+        text_modules = {"conditioners": core.conditioners}
+        if core.text_encoder is not None:
+            text_modules["text_encoder"] = core.text_encoder.model
+        parts = {
+            "text": comfy.model_patcher.ModelPatcher(_Container(**text_modules), load_device=load_device,
+                                                     offload_device=mm.text_encoder_offload_device()),
+            "dit": comfy.model_patcher.ModelPatcher(_Container(dit=core.dit), load_device=load_device,
+                                                    offload_device=mm.unet_offload_device()),
+            "vae": comfy.model_patcher.ModelPatcher(_Container(autoencoder=core.autoencoder), load_device=load_device,
+                                                    offload_device=mm.vae_offload_device()),
+        }
+        return cls(core=core, name=path.name, parts=parts, base_parts=dict(parts))
+
+    def load_parts(self, *names: str, memory_required: int = 0) -> None:
+        """Have ComfyUI put these parts (with this model's LoRA patches) on the compute device."""
+        mm.load_models_gpu([self.parts[n] for n in names], memory_required=memory_required, force_full_load=True)
+
+    # -- LoRA ---------------------------------------------------------------------------------------
+
+    def with_lora(self, name: str, path: Path, strength: float, targets: tuple[str, ...]) -> "SA3Model":
+        """A new SA3Model with one more LoRA on the stack; this one (and its weights) is unchanged."""
+        entry = LoRAEntry(name=name, file=read_lora_file(path), strength=float(strength), targets=targets)
+        loras = self.loras + (entry,)
+        shapes = {part: {k: (v.shape, v.dtype) for k, v in self.base_parts[part].model.state_dict().items()}
+                  for part in ("dit", "text")}
+        stacks = self._stacks(loras, shapes)
+        parts = dict(self.base_parts)
+        for part in ("dit", "text"):
+            patches = {key: _StackPatch(adapters, strengths, shapes[part][key][1])
+                       for key, (adapters, strengths) in stacks[part].items()}
+            if patches:
+                parts[part] = self.base_parts[part].clone()
+                parts[part].add_patches({key: patch for key, patch in patches.items()})
+        return SA3Model(core=self.core, name=self.name, parts=parts, base_parts=self.base_parts, loras=loras)
+
+    @staticmethod
+    def _stacks(loras: tuple[LoRAEntry, ...], shapes) -> dict[str, dict[str, tuple[list[Adapter], list[float]]]]:
+        """Per part, per weight key: the adapters of every LoRA that adapts it, in chain order, with
+        strengths. Raises (naming the file) when a LoRA module matches no weight of this model."""
+        stacks: dict[str, dict[str, tuple[list[Adapter], list[float]]]] = {"dit": {}, "text": {}}
+        for entry in loras:
+            unmatched = []
+            for module_name, adapter in entry.file.adapters.items():
+                target, module_path = module_name_to_target(module_name, DEFAULT_ROOTS)
+                part, prefix = _LORA_TARGET_PART[target]
+                key = f"{prefix}{module_path}.weight"
+                if key not in shapes[part]:
+                    unmatched.append(module_name)
+                    continue
+                adapter.check_fits(shapes[part][key][0], f"{entry.file.path}: {module_name}")
+                adapters, strengths = stacks[part].setdefault(key, ([], []))
+                adapters.append(adapter)
+                strengths.append(entry.strength_for(target))
+            if unmatched:
+                shown = ", ".join(unmatched[:5]) + (", ..." if len(unmatched) > 5 else "")
+                raise ValueError(f"LoRA {entry.name}: {len(unmatched)} module(s) match no weight of this model "
+                                 f"({shown}); was it made for another SA3 variant?")
+        return stacks

@@ -16,6 +16,13 @@ import pytest
 
 from comfy_host import ComfyClient, ComfyServer, prepare_comfy_tree
 from frontend import ComfyFrontend
+from sa3_assets import (
+    SA3_EXAMPLE_INPUT,
+    SA3_EXAMPLE_INPUT_RATE,
+    SA3_LORAS,
+    SA3_MODEL_NAME,
+    sa3_example_input_pcm,
+)
 
 E2E_DIR = Path(__file__).resolve().parent
 REPO_ROOT = E2E_DIR.parents[1]
@@ -63,3 +70,34 @@ def frontend(comfy_server: ComfyServer) -> Iterator[ComfyFrontend]:
     """A headless Chromium page on the real frontend, ready for `load_workflow`."""
     with ComfyFrontend(comfy_server.url) as ui:
         yield ui
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The pack's test models, placed in the server's folders under the names the example workflows use
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sa3_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight SA3 model folder in the official layout (sa3_core.tiny)."""
+    from sa3_core.tiny import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("sa3-models") / SA3_MODEL_NAME, "small", seed=0)
+
+
+@pytest.fixture(scope="session")
+def sa3_server(comfy_server: ComfyServer, sa3_tiny_model: Path, fixtures_dir: Path) -> ComfyServer:
+    """The server with the tiny model in models/stable_audio_3, the fixture LoRAs in models/loras and the
+    example clip in input/ (the names the workflows in workflows/ use)."""
+    import wave
+
+    comfy_server.link(f"models/stable_audio_3/{SA3_MODEL_NAME}", sa3_tiny_model)
+    for name in SA3_LORAS:
+        comfy_server.link(f"models/loras/{name}", fixtures_dir / "loras" / name)
+    pcm = sa3_example_input_pcm()
+    with wave.open(str(comfy_server.input_dir / SA3_EXAMPLE_INPUT), "wb") as out:
+        out.setnchannels(pcm.shape[0])
+        out.setsampwidth(2)
+        out.setframerate(SA3_EXAMPLE_INPUT_RATE)
+        out.writeframes(pcm.T.tobytes())
+    return comfy_server

@@ -1,0 +1,20 @@
+"""Names and test inputs the pack's e2e tests share: what the example workflows in workflows/ refer to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SA3_MODEL_NAME = "stable-audio-3-small-music"  # the official folder name; in the tests a tiny random-weight model
+SA3_LORAS = ("style_a_lora.safetensors", "style_b_dora.safetensors")  # official-format LoRAs for the tiny model
+SA3_EXAMPLE_INPUT = "sa3_example_input.wav"
+SA3_EXAMPLE_INPUT_RATE = 22050  # mono 22.05 kHz, so the graph exercises resampling and mono -> stereo
+SA3_EXAMPLE_INPUT_SECONDS = 4.0
+
+
+def sa3_example_input_pcm() -> Any:
+    """The example input clip: 4 s of a decaying two-tone chord, mono int16 (1, samples)."""
+    import numpy as np
+
+    t = np.arange(int(SA3_EXAMPLE_INPUT_SECONDS * SA3_EXAMPLE_INPUT_RATE)) / SA3_EXAMPLE_INPUT_RATE
+    signal = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 330 * t)) * np.exp(-0.4 * t)
+    return np.round(signal * 32767).astype("<i2")[None]

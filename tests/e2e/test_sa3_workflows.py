@@ -1,0 +1,191 @@
+"""The example workflows on a real ComfyUI 0.3.75 server, through the API and through the real frontend.
+
+Every API-format file in workflows/api/ is queued with POST /prompt; every UI-format file in workflows/ is
+dropped onto the frontend's canvas and queued with its Run command. Each run must succeed and save FLAC files
+of the expected length and channel count whose samples equal what the sa3_core Python API
+(`StableAudioModel.generate`, same seed and settings) returns for the same request.
+
+Tolerance: SaveAudio writes 16-bit FLAC, which rounds each sample to a multiple of 1/32768 (at most half a
+step off, a full step where the encoder truncates), so we allow 2/32768. The float computations themselves
+are the same operations in the same order on the same CPU; in practice they differ by < 1e-6.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from comfy_host import ComfyClient, ComfyServer, PromptResult, comparable_prompt, decode_audio
+from sa3_assets import SA3_EXAMPLE_INPUT, SA3_EXAMPLE_INPUT_RATE, SA3_LORAS, sa3_example_input_pcm
+from frontend import ComfyFrontend
+
+from sa3_core.pipeline import StableAudioModel
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PACK_FOLDER = "comfyui-stable-audio-3"  # as conftest links the repository into custom_nodes/
+WORKFLOWS = REPO_ROOT / "workflows"
+SAMPLE_RATE = 44100
+ATOL = 2 / 32768  # 16-bit FLAC quantisation (see the module docstring)
+
+
+def example_input() -> tuple[int, torch.Tensor]:
+    """The example clip as LoadAudio decodes it (int16 / 2**15)."""
+    return SA3_EXAMPLE_INPUT_RATE, torch.from_numpy(sa3_example_input_pcm().astype(np.float32) / 32768.0)
+
+
+def with_loras(model: StableAudioModel, fixtures_dir: Path, call: Callable[[], Any]) -> Any:
+    """The lora_stack workflow's chain: style_a at 1.0 on both parts, then style_b (DoRA) at 0.5 on the DiT only."""
+    model.load_lora([fixtures_dir / "loras" / name for name in SA3_LORAS])
+    try:
+        model.set_lora_strength(1.0, lora_index=0)
+        model.set_lora_strength(0.5, lora_index=1, target="dit")
+        model.set_lora_strength(0.0, lora_index=1, target="conditioner")
+        return call()
+    finally:
+        model.unload_lora()
+
+
+# What each workflow computes, as a StableAudioModel.generate call (steps / cfg None = the model's defaults,
+# as the sampler's 0). The keys are the workflow file stems.
+REFERENCES: dict[str, dict[str, Any]] = {
+    "sa3_text_to_audio": dict(prompt="warm analog synth pads with soft piano, ambient, 90 BPM", duration=10.0, seed=42),
+    "sa3_audio_to_audio": dict(prompt="dark techno drums with deep bass", duration=10.0, seed=7,
+                               init_audio="example", init_noise_level=0.9),
+    "sa3_inpainting": dict(prompt="bright jazz guitar", duration=4.0, seed=11, inpaint_audio="example",
+                           inpaint_mask_start_seconds=[0.5, 2.5], inpaint_mask_end_seconds=[1.0, 3.5]),
+    "sa3_continuation": dict(prompt="slow ambient strings, warm", duration=10.0, seed=5, inpaint_audio="example",
+                             inpaint_mask_start_seconds=4.0, inpaint_mask_end_seconds=10.0),
+    "sa3_batch_prompts": dict(prompt=["soft rain on a window", "fast jazz drums", "low thunder, dark"],
+                              duration=[3.0, 2.0, 1.5], batch_size=3, seed=123),
+    "sa3_lora_stack": dict(prompt="house music, bright synth, bass", duration=10.0, seed=2024, loras=True),
+}
+# Which node saves the audio in each workflow (the SaveAudio node id in the API file).
+SAVE_NODE = {name: next(i for i, n in json.loads((WORKFLOWS / "api" / f"{name}.json").read_text()).items()
+                        if n["class_type"] == "SaveAudio")
+             for name in REFERENCES}
+NAMES = sorted(REFERENCES)
+
+
+@pytest.fixture(scope="module")
+def reference_model(sa3_tiny_model: Path) -> StableAudioModel:
+    return StableAudioModel.from_pretrained(sa3_tiny_model, device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def reference(reference_model: StableAudioModel, fixtures_dir: Path) -> Callable[[str], list[np.ndarray]]:
+    """name -> the expected audio of each batch item, (2, int(duration * sr)) float32 (computed once)."""
+    cache: dict[str, list[np.ndarray]] = {}
+
+    def expected(name: str) -> list[np.ndarray]:
+        if name not in cache:
+            kwargs = dict(REFERENCES[name])
+            use_loras = kwargs.pop("loras", False)
+            for key in ("init_audio", "inpaint_audio"):
+                if kwargs.get(key) == "example":
+                    kwargs[key] = example_input()
+            call = lambda: reference_model.generate(**kwargs)  # noqa: E731
+            audio = with_loras(reference_model, fixtures_dir, call) if use_loras else call()
+            cache[name] = [item.numpy() for item in audio]
+        return cache[name]
+
+    return expected
+
+
+def api_workflow(name: str) -> dict[str, Any]:
+    return json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+
+
+def ui_workflow(name: str) -> dict[str, Any]:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+
+
+def check_saved_audio(comfy: ComfyClient, result: PromptResult, name: str, expected: list[np.ndarray]) -> None:
+    """One 44.1 kHz stereo FLAC per batch item, as long as the longest item; each item equals the Python API's
+    output, and shorter items are silent after their own duration."""
+    assert result.ok, result.messages
+    files = result.files(SAVE_NODE[name])
+    assert len(files) == len(expected)
+    longest = max(item.shape[-1] for item in expected)
+    for file_ref, want in zip(files, expected):
+        waveform, rate = decode_audio(comfy.view(file_ref))
+        assert rate == SAMPLE_RATE
+        assert waveform.shape == (2, longest)
+        np.testing.assert_allclose(waveform[:, : want.shape[-1]], want, rtol=0, atol=ATOL)
+        assert not waveform[:, want.shape[-1]:].any()
+        assert np.abs(want).max() > 100 * ATOL  # a real signal, not silence on both sides
+
+
+def reset_cache(comfy: ComfyClient) -> None:
+    """Make the next prompt execute every node again (ComfyUI would otherwise serve an identical graph from
+    its cache): POST /free resets the caches when the worker next looks at its flags, which it does right
+    after finishing a prompt - so one small prompt after it guarantees the reset has happened."""
+    comfy.free()
+    barrier = {"1": {"class_type": "LoadAudio", "inputs": {"audio": SA3_EXAMPLE_INPUT}},
+               "2": {"class_type": "PreviewAudio", "inputs": {"audio": ["1", 0]}}}
+    assert comfy.run(barrier, timeout_s=60).ok
+
+
+def cached_pack_nodes(result: PromptResult, graph: dict[str, Any]) -> list[str]:
+    """Nodes of the pack (or the SaveAudio) that ComfyUI served from its cache instead of running them.
+    (LoadAudio may come from the cache: reset_cache's barrier prompt has just loaded the same clip.)"""
+    cached = (result.message("execution_cached") or {}).get("nodes", [])
+    return [node for node in cached if graph[node]["class_type"] != "LoadAudio"]
+
+
+@contextmanager
+def frozen(frontend: ComfyFrontend) -> Iterator[None]:
+    """Freeze the page (no script, no rendering) while the server computes: on a 2-core CI machine the idle
+    frontend's canvas redraws otherwise take a good share of the CPU the run needs."""
+    cdp = frontend.page.context.new_cdp_session(frontend.page)
+    cdp.send("Page.setWebLifecycleState", {"state": "frozen"})
+    try:
+        yield
+    finally:
+        cdp.send("Page.setWebLifecycleState", {"state": "active"})
+        cdp.detach()
+
+
+def test_every_workflow_has_both_formats_and_a_reference() -> None:
+    ui = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+    api = sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json"))
+    assert ui == api == NAMES
+
+
+def test_templates_list_the_ui_workflows(sa3_server: ComfyServer, comfy: ComfyClient) -> None:
+    assert not sa3_server.import_failures()
+    assert sorted(comfy.workflow_templates()[PACK_FOLDER]) == NAMES  # the API files stay out of the browser
+    assert comfy.workflow_template(PACK_FOLDER, "sa3_text_to_audio") == ui_workflow("sa3_text_to_audio")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_workflow_matches_python_api(name: str, sa3_server: ComfyServer, comfy: ComfyClient,
+                                         reference: Callable[[str], list[np.ndarray]]) -> None:
+    reset_cache(comfy)
+    graph = api_workflow(name)
+    result = comfy.run(graph, timeout_s=300)
+    assert not cached_pack_nodes(result, graph)
+    check_saved_audio(comfy, result, name, reference(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_frontend_loads_and_runs_ui_workflow(name: str, sa3_server: ComfyServer, comfy: ComfyClient,
+                                             frontend: ComfyFrontend, object_info: dict[str, Any],
+                                             reference: Callable[[str], list[np.ndarray]]) -> None:
+    workflow = ui_workflow(name)
+    assert not frontend.missing_node_types(workflow)
+    frontend.drop_workflow(workflow, f"{name}.json")  # the drag-and-drop path
+    assert comparable_prompt(frontend.graph_to_prompt(), object_info) == comparable_prompt(api_workflow(name), object_info)
+
+    reset_cache(comfy)
+    prompt_id = frontend.queue()
+    with frozen(frontend):
+        result = comfy.wait_for(prompt_id, timeout_s=300)
+    assert not cached_pack_nodes(result, api_workflow(name))
+    check_saved_audio(comfy, result, name, reference(name))

@@ -3,6 +3,8 @@
 * ``stable_audio_3`` (``models/stable_audio_3/``, ours): official model folders (a folder holding
   ``model_config.json``, ``model.safetensors`` and ``t5gemma-b-b-ul2/``, as downloaded from
   ``stabilityai/stable-audio-3-*``) and Comfy-Org single files (``stable_audio_3_*.safetensors``).
+* ``checkpoints`` (ComfyUI's): Comfy-Org single files named ``stable_audio_3*.safetensors`` where ComfyUI's
+  own SA3 support expects them (other checkpoints there are not listed).
 * ``text_encoders`` (ComfyUI's): the Comfy-Org ``t5gemma_b_b_ul2.safetensors`` or a T5Gemma folder, needed
   by single files (an official folder brings its own).
 * ``loras`` (ComfyUI's): SA3 LoRA files (``.safetensors``).
@@ -18,6 +20,8 @@ from pathlib import Path
 import folder_paths
 
 MODELS_KEY = "stable_audio_3"
+CHECKPOINTS_KEY = "checkpoints"
+COMFY_ORG_PREFIX = "stable_audio_3"  # stable_audio_3_medium.safetensors, stable_audio_3_small_sfx.safetensors, ...
 TEXT_ENCODERS_KEY = "text_encoders"
 LORAS_KEY = "loras"
 
@@ -62,7 +66,14 @@ def list_models() -> list[str]:
                 continue
             found.update((here / f).relative_to(base).as_posix() for f in filenames if f.endswith(".safetensors"))
             dirnames.sort()
+    found.update(name for name in folder_paths.get_filename_list(CHECKPOINTS_KEY)
+                 if name.endswith(".safetensors") and Path(name).name.lower().startswith(COMFY_ORG_PREFIX))
     return sorted(found)
+
+
+def _inside(name: str) -> str:
+    """A listed name as a relative path that cannot leave its folder (as folder_paths.get_full_path does)."""
+    return os.path.relpath(os.path.join(os.sep, name), os.sep)
 
 
 def resolve_model(name: str) -> Path:
@@ -70,11 +81,14 @@ def resolve_model(name: str) -> Path:
     if name == NO_MODEL or not name:
         raise ValueError(no_model_message())
     for base in _folders(MODELS_KEY):
-        path = base / name
+        path = base / _inside(name)
         if path.is_dir() and (path / MODEL_CONFIG).is_file():
             return path
         if path.is_file() and path.suffix == ".safetensors":
             return path
+    checkpoint = folder_paths.get_full_path(CHECKPOINTS_KEY, name) if name.endswith(".safetensors") else None
+    if checkpoint is not None:
+        return Path(checkpoint)
     raise ValueError(f"Stable Audio 3 model {name!r} not found in {', '.join(model_search_paths())} "
                      f"(expected an official model folder with {MODEL_CONFIG}, or a .safetensors file)")
 
@@ -82,7 +96,8 @@ def resolve_model(name: str) -> Path:
 def no_model_message() -> str:
     where = " or ".join(model_search_paths()) or "models/stable_audio_3"
     return (f"No Stable Audio 3 model found. Put an official model folder (model_config.json, model.safetensors, "
-            f"t5gemma-b-b-ul2/) or a Comfy-Org stable_audio_3_*.safetensors file in {where}, then refresh.")
+            f"t5gemma-b-b-ul2/) or a Comfy-Org stable_audio_3_*.safetensors file in {where} (single files also in "
+            f"models/checkpoints), then refresh.")
 
 
 def list_text_encoders() -> list[str]:
@@ -99,8 +114,8 @@ def resolve_text_encoder(name: str, model_path: Path) -> Path | None:
     picks the one T5Gemma in models/text_encoders."""
     if name != AUTO_TEXT_ENCODER:
         for base in _folders(TEXT_ENCODERS_KEY):
-            if (base / name).exists():
-                return base / name
+            if (base / _inside(name)).exists():
+                return base / _inside(name)
         raise ValueError(f"text encoder {name!r} not found in {', '.join(map(str, _folders(TEXT_ENCODERS_KEY)))}")
     if model_path.is_dir():
         return None

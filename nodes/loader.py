@@ -35,7 +35,8 @@ class SA3ModelLoader(io.ComfyNode):
                 io.Combo.Input("model", options=models, tooltip=(
                     "From models/stable_audio_3: an official model folder (model_config.json, model.safetensors, "
                     "t5gemma-b-b-ul2/, as downloaded from stabilityai/stable-audio-3-*) or a Comfy-Org single file "
-                    "(stable_audio_3_*.safetensors; a name ending in _base selects the base-model settings). "
+                    "(stable_audio_3_*.safetensors, also listed from models/checkpoints; a name ending in _base "
+                    "selects the base-model settings). "
                     "Empty? Put a model there and press R to refresh.")),
                 io.Combo.Input("text_encoder", options=encoders, default=files.AUTO_TEXT_ENCODER, tooltip=(
                     "T5Gemma prompt encoder. auto: an official folder uses its own t5gemma-b-b-ul2/; a single file "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 from comfy_host import ComfyServer, prepare_comfy_tree
@@ -30,7 +31,8 @@ NOTES = {
     "sa3_text_to_audio": "Text to audio. Put an official Stable Audio 3 model folder (or a Comfy-Org "
                          "stable_audio_3_*.safetensors) in models/stable_audio_3 and pick it in the loader. "
                          "Keep the duration of Text Encode and Empty Latent equal.",
-    "sa3_audio_to_audio": "Audio to audio. Pick your clip in Load Audio; noise_level sets how much changes "
+    "sa3_audio_to_audio": "Audio to audio. Pick your clip in Load Audio and set the duration to its length "
+                          "(longer pads it with silence, shorter cuts it); noise_level sets how much changes "
                           "(lower keeps more of the input).",
     "sa3_inpainting": "Inpainting: regenerates the regions (seconds) of the clip in Load Audio and keeps the rest. "
                       "Several regions: '0.5-1.0, 2.5-3.5'.",
@@ -89,9 +91,13 @@ def main() -> int:
                     api = json.loads(source.read_text())
                     ui.page.evaluate("() => window.app.graph.clear()")
                     ui.page.evaluate(_LOAD_AND_LAYOUT, [api, source.stem, NOTES.get(source.stem)])
+                    expected = len(api) + (source.stem in NOTES)
+                    # Fails loudly (timeout) rather than saving a half-built graph.
+                    ui.page.wait_for_function("(n) => window.app.graph.nodes.length === n", arg=expected)
                     # Through JSON in the page: Playwright would turn `undefined` fields into null, which the
                     # frontend's workflow schema rejects when the file is loaded again.
                     workflow = json.loads(ui.page.evaluate("() => JSON.stringify(window.app.graph.serialize())"))
+                    workflow["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"stable-audio-3-nodes/{source.stem}"))
                     (WORKFLOWS / source.name).write_text(json.dumps(workflow, indent=2) + "\n")
                     print(f"{source.relative_to(REPO_ROOT)} -> workflows/{source.name}")
     return 0

@@ -56,15 +56,15 @@ def with_loras(model: StableAudioModel, fixtures_dir: Path, call: Callable[[], A
 # as the sampler's 0). The keys are the workflow file stems.
 REFERENCES: dict[str, dict[str, Any]] = {
     "sa3_text_to_audio": dict(prompt="warm analog synth pads with soft piano, ambient, 90 BPM", duration=10.0, seed=42),
-    "sa3_audio_to_audio": dict(prompt="dark techno drums with deep bass", duration=10.0, seed=7,
+    "sa3_audio_to_audio": dict(prompt="dark techno drums with deep bass", duration=4.0, seed=7,
                                init_audio="example", init_noise_level=0.9),
     "sa3_inpainting": dict(prompt="bright jazz guitar", duration=4.0, seed=11, inpaint_audio="example",
                            inpaint_mask_start_seconds=[0.5, 2.5], inpaint_mask_end_seconds=[1.0, 3.5]),
-    "sa3_continuation": dict(prompt="slow ambient strings, warm", duration=10.0, seed=5, inpaint_audio="example",
-                             inpaint_mask_start_seconds=4.0, inpaint_mask_end_seconds=10.0),
+    "sa3_continuation": dict(prompt="slow ambient strings, warm", duration=8.0, seed=5, inpaint_audio="example",
+                             inpaint_mask_start_seconds=4.0, inpaint_mask_end_seconds=8.0),
     "sa3_batch_prompts": dict(prompt=["soft rain on a window", "fast jazz drums", "low thunder, dark"],
                               duration=[3.0, 2.0, 1.5], batch_size=3, seed=123),
-    "sa3_lora_stack": dict(prompt="house music, bright synth, bass", duration=10.0, seed=2024, loras=True),
+    "sa3_lora_stack": dict(prompt="house music, bright synth, bass", duration=8.0, seed=2024, loras=True),
 }
 # Which node saves the audio in each workflow (the SaveAudio node id in the API file).
 SAVE_NODE = {name: next(i for i, n in json.loads((WORKFLOWS / "api" / f"{name}.json").read_text()).items()

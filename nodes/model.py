@@ -43,7 +43,7 @@ from ..sa3_core.pipeline import StableAudioModel, default_dtype
 
 PARTS = ("text", "dit", "vae")
 
-# Where each LoRA target's modules sit inside the patchers' containers (see _Container below).
+# Where each LoRA target's modules sit inside the patchers' parts (see SA3Part below).
 _LORA_TARGET_PART = {"dit": ("dit", "dit."), "conditioner": ("text", "conditioners.")}
 
 LORA_TARGETS = {
@@ -55,14 +55,27 @@ LORA_TARGETS = {
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class _Container(nn.Module):
+class SA3Part(nn.Module):
     """The nn.Module a ModelPatcher manages: names the stage's modules so weight keys are stable
-    (``dit.<path>.weight``, ``conditioners.<path>.weight``, ...)."""
+    (``dit.<path>.weight``, ``conditioners.<path>.weight``, ...). One subclass per part, so ComfyUI's log
+    says which part it loads ("Requested to load SA3DiTPart")."""
 
     def __init__(self, **modules: nn.Module):
         super().__init__()
         for name, module in modules.items():
             self.add_module(name, module)
+
+
+class SA3TextPart(SA3Part):
+    """T5Gemma encoder + SA3 conditioners."""
+
+
+class SA3DiTPart(SA3Part):
+    """The diffusion transformer."""
+
+
+class SA3VAEPart(SA3Part):
+    """The SAME autoencoder."""
 
 
 @dataclass(frozen=True)
@@ -126,11 +139,11 @@ class SA3Model:
         if core.text_encoder is not None:
             text_modules["text_encoder"] = core.text_encoder.model
         parts = {
-            "text": comfy.model_patcher.ModelPatcher(_Container(**text_modules), load_device=load_device,
+            "text": comfy.model_patcher.ModelPatcher(SA3TextPart(**text_modules), load_device=load_device,
                                                      offload_device=mm.text_encoder_offload_device()),
-            "dit": comfy.model_patcher.ModelPatcher(_Container(dit=core.dit), load_device=load_device,
+            "dit": comfy.model_patcher.ModelPatcher(SA3DiTPart(dit=core.dit), load_device=load_device,
                                                     offload_device=mm.unet_offload_device()),
-            "vae": comfy.model_patcher.ModelPatcher(_Container(autoencoder=core.autoencoder), load_device=load_device,
+            "vae": comfy.model_patcher.ModelPatcher(SA3VAEPart(autoencoder=core.autoencoder), load_device=load_device,
                                                     offload_device=mm.vae_offload_device()),
         }
         return cls(core=core, name=path.name, parts=parts, base_parts=dict(parts))

@@ -1,8 +1,11 @@
-"""Names and test inputs the pack's e2e tests share: what the example workflows in workflows/ refer to."""
+"""What the pack's e2e tests share: the names the example workflows in workflows/ refer to, the example clip,
+and a way to make the server run every node again."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from comfy_host import ComfyClient
 
 SA3_MODEL_NAME = "stable-audio-3-small-music"  # the official folder name; in the tests a tiny random-weight model
 SA3_LORAS = ("style_a_lora.safetensors", "style_b_dora.safetensors")  # official-format LoRAs for the tiny model
@@ -18,3 +21,14 @@ def sa3_example_input_pcm() -> Any:
     t = np.arange(int(SA3_EXAMPLE_INPUT_SECONDS * SA3_EXAMPLE_INPUT_RATE)) / SA3_EXAMPLE_INPUT_RATE
     signal = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 330 * t)) * np.exp(-0.4 * t)
     return np.round(signal * 32767).astype("<i2")[None]
+
+
+def reset_cache(comfy: ComfyClient) -> None:
+    """Unload every model and make the next prompt execute every node again (ComfyUI would otherwise serve an
+    identical graph from its cache). POST /free only sets flags; the worker applies them when it wakes up or
+    right after the prompt it is running, always before it takes the next one. So after one small prompt has
+    finished, any prompt queued next runs on a reset cache with nothing loaded."""
+    comfy.free()
+    barrier = {"1": {"class_type": "LoadAudio", "inputs": {"audio": SA3_EXAMPLE_INPUT}},
+               "2": {"class_type": "PreviewAudio", "inputs": {"audio": ["1", 0]}}}
+    assert comfy.run(barrier, timeout_s=60).ok

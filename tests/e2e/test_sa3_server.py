@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from comfy_host import ComfyClient, ComfyServer, PromptRejected, decode_audio
-from sa3_assets import SA3_EXAMPLE_INPUT, SA3_LORAS, SA3_MODEL_NAME
+from sa3_assets import SA3_EXAMPLE_INPUT, SA3_LORAS, SA3_MODEL_NAME, reset_cache
 
 from sa3_core.pipeline import StableAudioModel
 
@@ -107,14 +107,26 @@ def test_loader_lists_models_and_text_encoders(sa3_server: ComfyServer, comfy: C
     assert set(SA3_LORAS) <= set(lora_options)
 
 
+def part_loads(server: ComfyServer) -> dict[str, int]:
+    """How often ComfyUI's model management has loaded each part of the model (its log says so)."""
+    log = server.log_text()
+    return {part: log.count(f"Requested to load {part}") for part in ("SA3TextPart", "SA3DiTPart", "SA3VAEPart")}
+
+
 def test_changing_only_the_prompt_reuses_the_loaded_model(sa3_server: ComfyServer, comfy: ComfyClient,
                                                            reference_model: StableAudioModel) -> None:
+    reset_cache(comfy)  # start from nothing loaded, so the first run must load every part
+    before = part_loads(sa3_server)
     first = comfy.run(t2a_graph("piano", seed=1001), timeout_s=300)
     assert first.ok, first.messages
+    loaded = part_loads(sa3_server)
+    assert all(loaded[part] == before[part] + 1 for part in loaded), (before, loaded)  # via load_models_gpu
+
     second = comfy.run(t2a_graph("soft drums", seed=1001), timeout_s=300)
     cached = (second.message("execution_cached") or {}).get("nodes", [])
     assert {"1", "3"} <= set(cached)  # the loader (and the empty latent) did not run again
     assert "2" not in cached
+    assert part_loads(sa3_server) == loaded  # and no part was loaded again: the weights stayed in place
     assert_matches(saved_audio(comfy, second),
                    reference_model.generate(prompt="soft drums", duration=2.0, steps=4, seed=1001))
 

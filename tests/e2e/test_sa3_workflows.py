@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from comfy_host import ComfyClient, ComfyServer, PromptResult, comparable_prompt, decode_audio
-from sa3_assets import SA3_EXAMPLE_INPUT, SA3_EXAMPLE_INPUT_RATE, SA3_LORAS, sa3_example_input_pcm
+from sa3_assets import SA3_EXAMPLE_INPUT_RATE, SA3_LORAS, reset_cache, sa3_example_input_pcm
 from frontend import ComfyFrontend
 
 from sa3_core.pipeline import StableAudioModel
@@ -122,16 +122,6 @@ def check_saved_audio(comfy: ComfyClient, result: PromptResult, name: str, expec
         assert np.abs(want).max() > 100 * ATOL  # a real signal, not silence on both sides
 
 
-def reset_cache(comfy: ComfyClient) -> None:
-    """Make the next prompt execute every node again (ComfyUI would otherwise serve an identical graph from
-    its cache): POST /free resets the caches when the worker next looks at its flags, which it does right
-    after finishing a prompt - so one small prompt after it guarantees the reset has happened."""
-    comfy.free()
-    barrier = {"1": {"class_type": "LoadAudio", "inputs": {"audio": SA3_EXAMPLE_INPUT}},
-               "2": {"class_type": "PreviewAudio", "inputs": {"audio": ["1", 0]}}}
-    assert comfy.run(barrier, timeout_s=60).ok
-
-
 def cached_pack_nodes(result: PromptResult, graph: dict[str, Any]) -> list[str]:
     """Nodes of the pack (or the SaveAudio) that ComfyUI served from its cache instead of running them.
     (LoadAudio may come from the cache: reset_cache's barrier prompt has just loaded the same clip.)"""
@@ -181,6 +171,8 @@ def test_frontend_loads_and_runs_ui_workflow(name: str, sa3_server: ComfyServer,
     workflow = ui_workflow(name)
     assert not frontend.missing_node_types(workflow)
     frontend.drop_workflow(workflow, f"{name}.json")  # the drag-and-drop path
+    # The frontend checks a dropped file against its workflow schema and only warns (in a toast) when it fails.
+    assert "Invalid workflow" not in frontend.page.content()
     assert comparable_prompt(frontend.graph_to_prompt(), object_info) == comparable_prompt(api_workflow(name), object_info)
 
     reset_cache(comfy)

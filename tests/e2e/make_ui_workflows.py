@@ -60,6 +60,9 @@ _LOAD_AND_LAYOUT = """async ([api, name, note]) => {
         column.set(node.id, d);
         return d;
     };
+    // Room for several prompts in the text boxes.
+    for (const node of graph.nodes)
+        if (node.type === "SA3_TextEncode") node.size = [380, 300];
     const heights = new Map();
     for (const node of [...graph.nodes].sort((a, b) => a.id - b.id)) {
         const c = depth(node);

@@ -107,19 +107,35 @@ class RotaryEmbedding(nn.Module):
         return torch.cat([angles, angles], dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Rotate the first ``freqs.shape[-1]`` channels of ``x`` (``(..., N, D)``) NeoX style, in float32.
+RotaryTables = tuple[torch.Tensor, torch.Tensor]
+"""``(cos, sin)`` of the RoPE angles, each ``(N, R)`` float32 (see :func:`rotary_tables`)."""
 
-    ``freqs`` is ``(N, R)`` from :class:`RotaryEmbedding`; the last ``N`` rows are used (as the official
-    code does). Returns float32; callers cast back to their working dtype.
+
+def rotary_tables(freqs: torch.Tensor | RotaryTables) -> RotaryTables:
+    """``(cos, sin)`` of the angles from :class:`RotaryEmbedding`. Computing them once per forward and
+    handing the pair to every layer saves two transcendental passes per query/key tensor per layer;
+    the values are the same as computing them inside :func:`apply_rotary`."""
+    if isinstance(freqs, tuple):
+        return freqs
+    freqs = freqs.float()
+    return freqs.cos(), freqs.sin()
+
+
+def apply_rotary(x: torch.Tensor, freqs: torch.Tensor | RotaryTables) -> torch.Tensor:
+    """Rotate the first ``R`` channels of ``x`` (``(..., N, D)``) NeoX style, in float32.
+
+    ``freqs`` is the ``(N, R)`` angle table from :class:`RotaryEmbedding` or its ``(cos, sin)`` from
+    :func:`rotary_tables`; the last ``N`` rows are used (as the official code does). Returns float32;
+    callers cast back to their working dtype.
     """
     x = x.float()
-    rot_dim = freqs.shape[-1]
-    freqs = freqs[-x.shape[-2]:].float()
+    cos, sin = rotary_tables(freqs)
+    rot_dim = cos.shape[-1]
+    cos, sin = cos[-x.shape[-2]:], sin[-x.shape[-2]:]
     rotated, passthrough = x[..., :rot_dim], x[..., rot_dim:]
     first, second = rotated.chunk(2, dim=-1)
     half_turned = torch.cat([-second, first], dim=-1)
-    rotated = rotated * freqs.cos() + half_turned * freqs.sin()
+    rotated = rotated * cos + half_turned * sin
     return torch.cat([rotated, passthrough], dim=-1)
 
 
@@ -224,15 +240,9 @@ class Attention(nn.Module):
         batch, n, _ = t.shape
         return t.view(batch, n, -1, self.dim_heads).transpose(1, 2)  # (B, H, N, D)
 
-    def _project(self, x: torch.Tensor, context: torch.Tensor | None) -> tuple[list, list, torch.Tensor]:
-        """Queries and keys per branch (one, or two when differential) and the shared values."""
-        if self.is_cross:
-            if context is None:
-                raise ValueError("cross-attention needs a context")
-            queries = list(self.to_q(x).chunk(2 if self.differential else 1, dim=-1))
-            kv = self.to_kv(context).chunk(3 if self.differential else 2, dim=-1)
-            keys, values = list(kv[:-1]), kv[-1]
-        elif self.differential:
+    def _self_project(self, x: torch.Tensor) -> tuple[list, list, torch.Tensor]:
+        """Self-attention queries and keys per branch (one, or two when differential) and the values."""
+        if self.differential:
             q, k, values, q_diff, k_diff = self.to_qkv(x).chunk(5, dim=-1)
             queries, keys = [q, q_diff], [k, k_diff]
         else:
@@ -240,29 +250,56 @@ class Attention(nn.Module):
             queries, keys = [q], [k]
         return [self._heads(q) for q in queries], [self._heads(k) for k in keys], self._heads(values)
 
+    def context_keys_values(self, context: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Cross-attention keys (k-normed, one per branch) and values ``(B, H, M, D)`` for ``context``.
+
+        They depend on the context and the weights only, so a caller that attends to the same context
+        many times (every sampling step) can compute them once and pass them as ``context_kv``.
+        """
+        if not self.is_cross:
+            raise ValueError("context keys and values exist only for cross-attention")
+        kv = self.to_kv(context).chunk(3 if self.differential else 2, dim=-1)
+        keys = [self._heads(k) for k in kv[:-1]]
+        return [self.k_norm(k).to(k.dtype) for k in keys], self._heads(kv[-1])
+
     def forward(
         self,
         x: torch.Tensor,
         context: torch.Tensor | None = None,
         *,
-        rotary_freqs: torch.Tensor | None = None,
+        rotary_freqs: torch.Tensor | RotaryTables | None = None,
         key_padding_mask: torch.Tensor | None = None,
         window: Window = None,
+        context_kv: tuple[list[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Attend ``x`` ``(B, N, dim)`` to itself or to ``context`` ``(B, M, context_dim)``.
 
         Args:
-            rotary_freqs: ``(N, R)`` RoPE angles for self-attention, or None.
+            rotary_freqs: RoPE angles ``(N, R)`` or their ``(cos, sin)`` for self-attention, or None.
             key_padding_mask: ``(B, N)`` bool, True = valid (self-attention); semantics per backend.
             window: sliding window (``w`` or ``(left, right)``, inclusive) or None.
+            context_kv: cross-attention only: :meth:`context_keys_values` of the context, used instead
+                of ``context`` (same result, without projecting the context again).
         Returns ``(B, N, dim)``.
         """
-        queries, keys, v = self._project(x, context)
+        if self.is_cross:
+            if context_kv is None:
+                if context is None:
+                    raise ValueError("cross-attention needs a context")
+                context_kv = self.context_keys_values(context)
+            keys, v = context_kv
+            queries = [self._heads(q) for q in self.to_q(x).chunk(2 if self.differential else 1, dim=-1)]
+            queries = [self.q_norm(q).to(q.dtype) for q in queries]
+        else:
+            queries, keys, v = self._self_project(x)
+            queries = [self.q_norm(q).to(q.dtype) for q in queries]
+            keys = [self.k_norm(k).to(k.dtype) for k in keys]
+            if rotary_freqs is not None:
+                tables = rotary_tables(rotary_freqs)
+                queries = [apply_rotary(q, tables).to(v.dtype) for q in queries]
+                keys = [apply_rotary(k, tables).to(v.dtype) for k in keys]
         out = None
         for q, k in zip(queries, keys):
-            q, k = self.q_norm(q).to(q.dtype), self.k_norm(k).to(k.dtype)
-            if rotary_freqs is not None:
-                q, k = apply_rotary(q, rotary_freqs).to(v.dtype), apply_rotary(k, rotary_freqs).to(v.dtype)
             branch = attention(q, k, v, key_padding_mask=key_padding_mask, window=window, backend=self.backend)
             out = branch if out is None else out - branch
         batch, _, n, _ = out.shape

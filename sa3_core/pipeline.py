@@ -385,8 +385,10 @@ class StableAudioModel:
             x = mix_init(init_latents.to(self.dtype).expand_as(x), x, sigma_max)
         schedule = self.schedule(window, steps, sigma_max, dist_shift)
         model_fn = GuidedModel(self.dit, conditioning, guidance)
-        latents = sample(model_fn, x, schedule, sampler=sampler or self.default_sampler, callback=callback,
-                         generator=generator)
+        # The conditioning is the same at every step: its embeddings and cross-attention K/V are computed once.
+        with self.dit.reuse_step_constants():
+            latents = sample(model_fn, x, schedule, sampler=sampler or self.default_sampler, callback=callback,
+                             generator=generator)
         return latents.float()
 
     # -- stage 6: decoding ----------------------------------------------------------------------------
@@ -503,6 +505,8 @@ class StableAudioModel:
         # 2. Noise first (the official order), then text.
         self.last_seed = seed = resolve_seed(seed)
         noise, generator = self.initial_noise(window, seed)
+        if cfg_scale == 1.0:  # without guidance the negative side is never used: do not encode it
+            negatives, negative_conditioning_tensors = None, None
         conditioning = self._conditioning(prompts, durations, negatives, conditioning_tensors,
                                           negative_conditioning_tensors)
         dit_cond = self.dit_conditioning(conditioning, window, local_add_cond)

@@ -213,3 +213,17 @@ def test_official_low_level_conditioning_paths(model: StableAudioModel) -> None:
         model.generate(prompt="x", duration=1.0, sigma_max=0.5)
     with pytest.raises(ValueError, match="expected keys"):
         model.generate(conditioning=[{"text": "x"}], duration=1.0)
+
+
+def test_negative_prompt_is_not_encoded_without_guidance(model: StableAudioModel) -> None:
+    seen: list[list[str]] = []
+    original = model.text_encoder.encode
+    model.text_encoder.clear_cache()
+    model.text_encoder.encode = lambda prompts: seen.append(list(prompts)) or original(prompts)
+    try:
+        model.generate(prompt="piano", negative_prompt="noise", duration=1.0, steps=1, seed=1, cfg_scale=1.0)
+        assert seen == [["piano"]]
+        model.generate(prompt="piano", negative_prompt="noise", duration=1.0, steps=1, seed=1, cfg_scale=2.0)
+        assert seen[1:] == [["piano"], ["noise"]]
+    finally:
+        del model.text_encoder.encode

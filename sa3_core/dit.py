@@ -142,6 +142,12 @@ class StepConstants:
     blocks: tuple[BlockConstants, ...]
 
 
+def _version(param: torch.Tensor) -> int | None:
+    """A parameter's in-place version counter; inference tensors (weights created under
+    ``torch.inference_mode``, as ComfyUI may) have none and cannot be modified in place, so None."""
+    return None if param.is_inference() else param._version
+
+
 class _StepConstantCache:
     """Step constants of recent conditioning inputs, valid while the same weights are in place.
 
@@ -163,7 +169,7 @@ class _StepConstantCache:
     @staticmethod
     def _params_match(signature: tuple, params: list[nn.Parameter]) -> bool:
         return len(signature) == len(params) and all(
-            ref() is p and version == p._version for (ref, version), p in zip(signature, params))
+            ref() is p and version == _version(p) for (ref, version), p in zip(signature, params))
 
     def get(self, inputs: tuple, params: list[nn.Parameter]) -> StepConstants | None:
         for refs, signature, constants in self._entries:
@@ -173,7 +179,7 @@ class _StepConstantCache:
 
     def put(self, inputs: tuple, params: list[nn.Parameter], constants: StepConstants) -> None:
         refs = tuple(None if t is None else weakref.ref(t) for t in inputs)
-        signature = tuple((weakref.ref(p), p._version) for p in params)
+        signature = tuple((weakref.ref(p), _version(p)) for p in params)
         self._entries = [e for e in self._entries if not self._inputs_match(e[0], inputs)]
         self._entries.append((refs, signature, constants))
         del self._entries[:-self.capacity]

@@ -227,3 +227,12 @@ def test_negative_prompt_is_not_encoded_without_guidance(model: StableAudioModel
         assert seen[1:] == [["piano"], ["noise"]]
     finally:
         del model.text_encoder.encode
+
+
+def test_models_loaded_under_inference_mode_generate(fixtures_dir: Path) -> None:
+    """ComfyUI runs nodes under torch.inference_mode: weights made there are inference tensors."""
+    with torch.inference_mode():
+        loaded = StableAudioModel.from_pretrained(fixtures_dir / "tiny-small", device="cpu")
+        latents = loaded.generate(prompt="piano", duration=1.0, steps=2, seed=3, return_latents=True)
+    reference = StableAudioModel.from_pretrained(fixtures_dir / "tiny-small", device="cpu")
+    assert torch.equal(latents, reference.generate(prompt="piano", duration=1.0, steps=2, seed=3, return_latents=True))

@@ -79,28 +79,39 @@ class StageMeter:
         self.result = StageResult(wall, cpu, self._rss_before, peak, "VmHWM" if self._exact else "sampled")
 
 
-def matmul_rate(shapes: list[tuple[int, int, int]], dtype: torch.dtype = torch.float32, repeats: int = 5,
-                device: torch.device | str = "cpu") -> float:
-    """GEMM rate in FLOP/s on all of torch's threads: for each ``(m, k, n)``, ``F.linear`` of (m, k)
-    activations with an (n, k) weight (the layout of every Linear in the model; on CPU the other layout
-    is up to 2x slower in fp32 and 50x in bf16) is timed ``repeats`` times after a warm-up and its median
-    kept; the rate is total FLOPs / total time."""
+def matmul_rates(shapes: list[tuple[int, int, int]], dtype: torch.dtype = torch.float32, repeats: int = 5,
+                 device: torch.device | str = "cpu") -> tuple[float, float]:
+    """GEMM rate in FLOP/s on all of torch's threads, per wall second and per CPU second of the process.
+
+    For each ``(m, k, n)``, ``F.linear`` of (m, k) activations with an (n, k) weight (the layout of every
+    Linear in the model; on CPU the other layout is up to 2x slower in fp32 and 50x in bf16) is timed
+    ``repeats`` times after a warm-up and its median kept; a rate is total FLOPs / total time. The CPU-time
+    rate hardly moves when other processes load the machine (time we are descheduled is not counted).
+    """
     generator = torch.Generator().manual_seed(0)
-    flops = seconds = 0.0
+    flops = seconds = cpu_seconds = 0.0
     for m, k, n in shapes:
         a = torch.randn(m, k, generator=generator).to(device=device, dtype=dtype)
         w = torch.randn(n, k, generator=generator).to(device=device, dtype=dtype)
         F.linear(a, w)  # warm-up
-        times = []
+        times, cpu_times = [], []
         for _ in range(repeats):
             _sync(device)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             F.linear(a, w)
             _sync(device)
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu)
         flops += 2.0 * m * k * n
         seconds += statistics.median(times)
-    return flops / seconds
+        cpu_seconds += statistics.median(cpu_times)
+    return flops / seconds, flops / max(cpu_seconds, 1e-9)
+
+
+def matmul_rate(shapes: list[tuple[int, int, int]], dtype: torch.dtype = torch.float32, repeats: int = 5,
+                device: torch.device | str = "cpu") -> float:
+    """The wall-clock GEMM rate of :func:`matmul_rates`."""
+    return matmul_rates(shapes, dtype, repeats, device)[0]
 
 
 def _sync(device: torch.device | str) -> None:

@@ -30,7 +30,7 @@ import torch
 from sa3_core.sampling import GuidanceOptions
 
 from .flops import FlopModel, count_flops
-from .measure import GiB, StageMeter, load_average, machine_summary, matmul_rate, rss_bytes
+from .measure import GiB, StageMeter, load_average, machine_summary, matmul_rates, rss_bytes
 from .random_model import random_model
 
 PROMPT = "warm ambient piano with soft drums and a slow bass line"
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         window = model.plan_window([seconds])
         tokens = window.latents + model.config.dit.num_memory_tokens
         load_before = load_average()
-        rate = matmul_rate(gemm_shapes(model, tokens))
+        rate, cpu_rate = matmul_rates(gemm_shapes(model, tokens))
         # With guidance every step is one forward on a doubled batch (batched CFG).
         dit = flop_model.dit_forward(2 if args.cfg != 1 else 1, window.latents)
         # Floors: what the model's math needs. Constant conditioning is needed once, not per step, and
@@ -166,17 +166,21 @@ def main(argv: list[str] | None = None) -> int:
             repeats.append(results)
             line = ", ".join(f"{s} {results[s].wall_s:.2f} s" for s in STAGES)
             print(f"  {seconds:g} s, repeat {r + 1}/{args.repeats}: {line}", flush=True)
-        rate_after = matmul_rate(gemm_shapes(model, tokens))
-        rate = (rate + rate_after) / 2
+        rate_after, cpu_rate_after = matmul_rates(gemm_shapes(model, tokens))
+        rate, cpu_rate = (rate + rate_after) / 2, (cpu_rate + cpu_rate_after) / 2
         load = (load_before + load_average()) / 2
         row = {"seconds": seconds, "latents": window.latents, "load": load, "gemm_gflops": rate / 1e9,
+               "gemm_gflops_per_cpu_s": cpu_rate / 1e9,
                "stages": {}}
         for stage in STAGES:
             walls = [res[stage].wall_s for res in repeats]
             wall = statistics.median(walls)
+            cpu = statistics.median(res[stage].cpu_s for res in repeats)
             floor_s = floors[stage] / rate
             row["stages"][stage] = {
-                "wall_s": wall, "walls": walls, "cpu_s": statistics.median(res[stage].cpu_s for res in repeats),
+                "wall_s": wall, "walls": walls, "cpu_s": cpu,
+                # CPU seconds used over CPU seconds the GEMMs would need: robust to other processes' load.
+                "cpu_ratio": cpu / (floors[stage] / cpu_rate),
                 "peak_rss_gib": max(res[stage].peak_rss for res in repeats) / GiB,
                 "rss_before_gib": repeats[-1][stage].rss_before / GiB,
                 "floor_gflop": floors[stage] / 1e9, "executed_gflop": executed[stage] / 1e9,
@@ -201,25 +205,26 @@ def print_duration(row: dict) -> None:
     for stage, s in row["stages"].items():
         print(f"    {stage:9s} {s['wall_s']:8.2f} s (CPU {s['cpu_s']:7.1f} s)  peak RSS {s['peak_rss_gib']:6.2f} GiB  "
               f"run {s['executed_gflop']:8.0f} / floor {s['floor_gflop']:8.0f} GFLOP = {s['floor_s']:7.2f} s  "
-              f"ratio {s['ratio']:5.2f}")
+              f"ratio {s['ratio']:5.2f} (CPU-time ratio {s['cpu_ratio']:.2f})")
 
 
 def table(rows: list[dict]) -> str:
-    header = ("| audio | stage | wall s (median) | peak RSS GiB | GFLOP run / floor | floor s | wall / floor | load | GEMM GFLOP/s |\n"
-              "|---|---|---|---|---|---|---|---|---|")
+    header = ("| audio | stage | wall s (median) | peak RSS GiB | GFLOP run / floor | floor s | wall / floor | "
+              "CPU-time ratio | load | GEMM GFLOP/s |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [header]
     for row in rows:
         total_wall = sum(s["wall_s"] for s in row["stages"].values())
         total_floor = sum(s["floor_s"] for s in row["stages"].values())
         for stage, s in row["stages"].items():
             lines.append(f"| {row['seconds']:g} s | {stage} | {s['wall_s']:.2f} | {s['peak_rss_gib']:.2f} | "
-                         f"{s['executed_gflop']:.0f} / {s['floor_gflop']:.0f} | {s['floor_s']:.2f} | {s['ratio']:.2f} | {row['load']:.1f} | "
+                         f"{s['executed_gflop']:.0f} / {s['floor_gflop']:.0f} | {s['floor_s']:.2f} | {s['ratio']:.2f} | "
+                         f"{s['cpu_ratio']:.2f} | {row['load']:.1f} | "
                          f"{row['gemm_gflops']:.0f} |")
         peak = max(s["peak_rss_gib"] for s in row["stages"].values())
         lines.append(f"| {row['seconds']:g} s | **total** | **{total_wall:.2f}** | **{peak:.2f}** | "
                      f"{sum(s['executed_gflop'] for s in row['stages'].values()):.0f} / "
                      f"{sum(s['floor_gflop'] for s in row['stages'].values()):.0f} | {total_floor:.2f} | "
-                     f"{total_wall / total_floor:.2f} | | |")
+                     f"{total_wall / total_floor:.2f} | | | |")
     return "\n".join(lines)
 
 

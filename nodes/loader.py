@@ -43,7 +43,8 @@ class SA3ModelLoader(io.ComfyNode):
                     "uses the t5gemma_b_b_ul2.safetensors from models/text_encoders.")),
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto", tooltip=(
                     "Weight and compute precision. auto: float16 on CUDA (as the official code), float32 on CPU "
-                    "and Apple MPS.")),
+                    "and Apple MPS. On MPS the audio decoder never runs in bfloat16 (it decodes to noise there); "
+                    "it uses float32 instead.")),
                 io.Combo.Input("attention", options=list(BACKENDS), default="auto", tooltip=(
                     "Attention implementation. auto: flash-attn on CUDA when installed, else exact band attention "
                     "for windowed layers and PyTorch SDPA elsewhere. Results differ slightly between backends.")),

@@ -39,7 +39,8 @@ from comfy.weight_adapter import WeightAdapterBase
 
 from ..sa3_core.checkpoint import load_components
 from ..sa3_core.lora import DEFAULT_ROOTS, Adapter, LoRAFile, effective_weight, module_name_to_target, read_lora_file
-from ..sa3_core.pipeline import StableAudioModel, default_dtype
+from ..sa3_core.pipeline import StableAudioModel
+from ..sa3_core.precision import component_dtypes
 
 PARTS = ("text", "dit", "vae")
 
@@ -130,9 +131,11 @@ class SA3Model:
     @torch.inference_mode(False)  # weights are not inference tensors: see load_parts
     def load(cls, path: Path, *, text_encoder: Path | None, dtype: str, attention: str, base: bool) -> "SA3Model":
         load_device = mm.get_torch_device()
-        weights_dtype = DTYPES[dtype] or default_dtype(load_device)
+        dtypes = component_dtypes(load_device, DTYPES[dtype])  # for the compute device, not the offload one
+        weights_dtype = dtypes.dit
         components = load_components(
-            path, device=mm.unet_offload_device(), dtype=weights_dtype, text_encoder_path=text_encoder,
+            path, device=mm.unet_offload_device(), dtype=weights_dtype, autoencoder_dtype=dtypes.autoencoder,
+            text_encoder_path=text_encoder,
             operations=comfy.ops.disable_weight_init, attention_backend=attention, base=base,
         )
         core = StableAudioModel(components, device=load_device, dtype=weights_dtype)

@@ -303,6 +303,7 @@ def build_modules(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    autoencoder_dtype: torch.dtype | None = None,
     operations: Operations = nn,
     attention_backend: str = "auto",
 ) -> dict[str, nn.Module]:
@@ -310,12 +311,13 @@ def build_modules(
 
     ``{"model.model.": DiffusionTransformer, "pretransform.model.": SAMEAutoencoder,
     "conditioner.conditioners.": Conditioners}``. Use ``device="meta"`` to build without memory.
+    ``autoencoder_dtype`` (default ``dtype``) lets SAME differ (see sa3_core.precision).
     """
     return {
         DIT_PREFIX: DiffusionTransformer(config.dit, operations=operations, device=device, dtype=dtype,
                                          attention_backend=attention_backend),
-        AUTOENCODER_PREFIX: SAMEAutoencoder(config.autoencoder, operations=operations, device=device, dtype=dtype,
-                                            attention_backend=attention_backend),
+        AUTOENCODER_PREFIX: SAMEAutoencoder(config.autoencoder, operations=operations, device=device,
+                                            dtype=autoencoder_dtype or dtype, attention_backend=attention_backend),
         CONDITIONER_PREFIX: Conditioners(config.conditioning, operations=operations, device=device, dtype=dtype),
     }
 
@@ -539,6 +541,7 @@ def load_components(
     *,
     device: torch.device | str,
     dtype: torch.dtype,
+    autoencoder_dtype: torch.dtype | None = None,
     text_encoder_path: str | Path | None = None,
     text_encoder_dtype: torch.dtype | None = None,
     text_encoder_device: torch.device | str | None = None,
@@ -555,6 +558,7 @@ def load_components(
         path: the official folder (``model_config.json`` + ``model.safetensors`` + the T5Gemma
             subfolder) or a single ``.safetensors`` file.
         device, dtype: where and in which dtype the DiT, SAME and conditioners live.
+        autoencoder_dtype: SAME's dtype when it differs (default ``dtype``; see sa3_core.precision).
         text_encoder_path: T5Gemma folder or Comfy-Org file; default for a folder is the one its config
             names, for a single file there is none (``text_encoder`` is then None).
         text_encoder_dtype / text_encoder_device: default to ``dtype`` / ``device``.
@@ -597,8 +601,8 @@ def load_components(
             model_config = preset_config(detect_variant(weights.shapes, weights.name), base=base)
         layout = "single_file"
 
-    modules = build_modules(model_config, device="meta", dtype=dtype, operations=operations,
-                            attention_backend=attention_backend)
+    modules = build_modules(model_config, device="meta", dtype=dtype, autoencoder_dtype=autoencoder_dtype,
+                            operations=operations, attention_backend=attention_backend)
     _check_sa3_weights(weights, modules, model_config)
     pending_te = None
     if load_text_encoder and te_path is not None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import statistics
 import sys
@@ -48,19 +47,14 @@ def gemm_shapes(model, tokens: int) -> list[tuple[int, int, int]]:
             (same_tokens, d, 6 * d), (256, 768, 2048)]
 
 
-def step_cache(model, enabled: bool):
-    """The DiT's scoped reuse of step-invariant conditioning (``reuse_step_constants``), entered here
-    around ``sample_latents`` unless disabled. Nesting is harmless if the pipeline enters it itself."""
-    scope = getattr(model.dit, "reuse_step_constants", None)
-    return scope() if (enabled and scope is not None) else contextlib.nullcontext()
+def disable_step_cache(model) -> None:
+    """The "before" of the step-constant optimisation: ``sample_latents`` enters the DiT's
+    ``reuse_step_constants()`` scope itself; replacing that scope on this instance with a no-op makes
+    every step recompute the prompt embedding, cross-attention K/V and the other constant inputs."""
+    model.dit.reuse_step_constants = contextlib.nullcontext
 
 
-def pipeline_reuses_constants(model) -> bool:
-    """Whether ``sample_latents`` enters ``reuse_step_constants`` itself (then --no-step-cache cannot turn it off)."""
-    return "reuse_step_constants" in inspect.getsource(type(model).sample_latents)
-
-
-def run_once(model, seconds: float, steps: int, seed: int, cfg_scale: float, cache: bool, chunked: bool | None):
+def run_once(model, seconds: float, steps: int, seed: int, cfg_scale: float, chunked: bool | None):
     """One text-to-audio generation through the stages; returns {stage: StageResult} and the audio."""
     results = {}
     model.text_encoder.clear_cache()
@@ -70,7 +64,7 @@ def run_once(model, seconds: float, steps: int, seed: int, cfg_scale: float, cac
         cond = model.encode_prompts([PROMPT], [seconds], [""] if cfg_scale != 1 else None)
         dit_cond = model.dit_conditioning(cond, window, None)
     results["text"] = meter.result
-    with StageMeter() as meter, step_cache(model, cache):
+    with StageMeter() as meter:
         latents = model.sample_latents(noise, generator, dit_cond, window, steps=steps,
                                        guidance=GuidanceOptions(cfg_scale=cfg_scale))
     results["sampling"] = meter.result
@@ -81,17 +75,6 @@ def run_once(model, seconds: float, steps: int, seed: int, cfg_scale: float, cac
     if not torch.isfinite(audio).all():
         raise RuntimeError("non-finite audio: the random model diverged, timings would be meaningless")
     return results, window
-
-
-def compile_model(model, what: str, mode: str | None) -> None:
-    """torch.compile every DiT block and/or SAME block in place (the repeated units; shapes stay static)."""
-    from sa3_core.dit import DiTBlock
-    from sa3_core.same import SAMEBlock
-
-    kinds = {"dit": (DiTBlock,), "same": (SAMEBlock,), "all": (DiTBlock, SAMEBlock)}[what]
-    for module in list(model.dit.modules()) + list(model.autoencoder.modules()):
-        if isinstance(module, kinds):
-            module.compile(mode=mode, dynamic=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"built random {args.variant} model ({args.text_encoder} T5Gemma) in {time.perf_counter() - started:.1f} s,"
           f" RSS {rss_bytes() / GiB:.2f} GiB")
     if args.compile != "none":
-        compile_model(model, args.compile, args.compile_mode)
+        parts = {"dit": ("dit",), "same": ("autoencoder",), "all": ("dit", "autoencoder")}[args.compile]
+        model.compile(parts, mode=args.compile_mode)
     flop_model = FlopModel(model.config, args.backend)
     chunked = False if args.unchunked else None
     settings = (f"{args.steps} steps, cfg {args.cfg:g}, {args.dtype}, backend {args.backend}, "
@@ -130,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"compile {args.compile}")
     print(f"settings: {settings}")
 
-    if args.no_step_cache and pipeline_reuses_constants(model):
-        print("note: sample_latents reuses step constants itself; --no-step-cache has no effect")
+    if args.no_step_cache:
+        disable_step_cache(model)
     if not args.no_warmup:  # first-call costs (thread pools, kernel setup, compilation) stay out of the medians
         started = time.perf_counter()
-        run_once(model, 10.0, 1, 0, args.cfg, not args.no_step_cache, chunked)
+        run_once(model, 10.0, 1, 0, args.cfg, chunked)
         print(f"warm-up (1 step, 10 s): {time.perf_counter() - started:.1f} s")
 
     model.text_encoder.clear_cache()  # count a real encoder forward, not a cache hit
@@ -156,13 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         }
         executed = {
             "text": floors["text"],
-            "sampling": args.steps * dit.forward if args.no_step_cache and not pipeline_reuses_constants(model)
-            else floors["sampling"],
+            "sampling": args.steps * dit.forward if args.no_step_cache else floors["sampling"],
             "decode": flop_model.decode(1, window.latents, chunked=not args.unchunked),
         }
         repeats = []
         for r in range(args.repeats):
-            results, _ = run_once(model, seconds, args.steps, r, args.cfg, not args.no_step_cache, chunked)
+            results, _ = run_once(model, seconds, args.steps, r, args.cfg, chunked)
             repeats.append(results)
             line = ", ".join(f"{s} {results[s].wall_s:.2f} s" for s in STAGES)
             print(f"  {seconds:g} s, repeat {r + 1}/{args.repeats}: {line}", flush=True)

@@ -418,4 +418,3 @@ class DiffusionTransformer(nn.Module):
             twice(padding_mask),
         )
         return out.chunk(2, dim=0)
-

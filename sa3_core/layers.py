@@ -289,15 +289,14 @@ class Attention(nn.Module):
                 context_kv = self.context_keys_values(context)
             keys, v = context_kv
             queries = [self._heads(q) for q in self.to_q(x).chunk(2 if self.differential else 1, dim=-1)]
-            queries = [self.q_norm(q).to(q.dtype) for q in queries]
         else:
             queries, keys, v = self._self_project(x)
-            queries = [self.q_norm(q).to(q.dtype) for q in queries]
             keys = [self.k_norm(k).to(k.dtype) for k in keys]
-            if rotary_freqs is not None:
-                tables = rotary_tables(rotary_freqs)
-                queries = [apply_rotary(q, tables).to(v.dtype) for q in queries]
-                keys = [apply_rotary(k, tables).to(v.dtype) for k in keys]
+        queries = [self.q_norm(q).to(q.dtype) for q in queries]
+        if rotary_freqs is not None:
+            tables = rotary_tables(rotary_freqs)
+            queries = [apply_rotary(q, tables).to(v.dtype) for q in queries]
+            keys = [apply_rotary(k, tables).to(v.dtype) for k in keys]
         out = None
         for q, k in zip(queries, keys):
             branch = attention(q, k, v, key_padding_mask=key_padding_mask, window=window, backend=self.backend)

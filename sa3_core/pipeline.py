@@ -33,7 +33,7 @@ from .checkpoint import SA3Components, load_components
 from .config import ModelConfig
 from .dit import DiTBlock
 from .lora import LoRAStack
-from .precision import component_dtypes, default_dtype  # noqa: F401  (default_dtype: public re-export)
+from .precision import component_dtypes
 from .sampling import (
     DiTConditioning,
     DistributionShift,
@@ -62,6 +62,15 @@ def default_device() -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def compile_blocks(root: torch.nn.Module, kind: type[torch.nn.Module], *, mode: str | None = None,
+                   backend: str = "inductor") -> None:
+    """``torch.compile`` every ``kind`` module inside ``root`` in place, for static shapes (the repeated
+    units: their code is shared, so it compiles once per input shape)."""
+    for module in root.modules():
+        if isinstance(module, kind):
+            module.compile(mode=mode, backend=backend, dynamic=False)
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -171,8 +180,7 @@ class StableAudioModel:
         components = load_components(path, device=device, dtype=dtypes.dit, autoencoder_dtype=dtypes.autoencoder,
                                      text_encoder_path=text_encoder_path, attention_backend=attention_backend,
                                      base=base)
-        dtype = dtypes.dit
-        return cls(components, device=device, dtype=dtype)
+        return cls(components, device=device, dtype=dtypes.dit)
 
     # -- facts ----------------------------------------------------------------------------------------
 
@@ -570,10 +578,7 @@ class StableAudioModel:
         if unknown:
             raise ValueError(f"unknown part(s) to compile {sorted(unknown)}; choose from {sorted(blocks)}")
         for part in parts:
-            root, kind = blocks[part]
-            for module in root.modules():
-                if isinstance(module, kind):
-                    module.compile(mode=mode, backend=backend, dynamic=False)
+            compile_blocks(*blocks[part], mode=mode, backend=backend)
 
     # -- LoRA -----------------------------------------------------------------------------------------
 

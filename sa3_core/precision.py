@@ -23,12 +23,11 @@ import torch
 
 @dataclass(frozen=True)
 class ComponentDtypes:
-    """The dtype of each loaded module. The text encoder follows ``conditioners`` unless a caller says
-    otherwise."""
+    """The dtype of the DiT (which the conditioners and, unless a caller says otherwise, the text encoder
+    share) and of the SAME autoencoder."""
 
     dit: torch.dtype
     autoencoder: torch.dtype
-    conditioners: torch.dtype
 
 
 def default_dtype(device: torch.device | str) -> torch.dtype:
@@ -47,4 +46,4 @@ def autoencoder_dtype(device: torch.device | str, dtype: torch.dtype) -> torch.d
 def component_dtypes(device: torch.device | str, dtype: torch.dtype | None = None) -> ComponentDtypes:
     """Every module's dtype for ``device`` when the user asks for ``dtype`` (None: :func:`default_dtype`)."""
     dtype = dtype or default_dtype(device)
-    return ComponentDtypes(dit=dtype, autoencoder=autoencoder_dtype(device, dtype), conditioners=dtype)
+    return ComponentDtypes(dit=dtype, autoencoder=autoencoder_dtype(device, dtype))

@@ -15,14 +15,14 @@ from sa3_core.precision import ComponentDtypes, component_dtypes
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
 POLICY = [
-    # device, requested dtype -> dit, autoencoder, conditioners
-    ("cpu", None, (F32, F32, F32)),  # fp32 on CPU by default
-    ("cuda", None, (F16, F16, F16)),  # the official model_half on CUDA
-    ("mps", None, (F32, F32, F32)),  # the official code turns half off without CUDA
-    ("cuda", BF16, (BF16, BF16, BF16)),
-    ("cpu", BF16, (BF16, BF16, BF16)),  # honoured when asked (bench/README.md: slower on this CPU)
-    ("mps", F16, (F16, F16, F16)),  # fp16 SAME on MPS is fine
-    ("mps", BF16, (BF16, F32, BF16)),  # never bf16 SAME on MPS: it decodes to noise there
+    # device, requested dtype -> dit (and conditioners), autoencoder
+    ("cpu", None, (F32, F32)),  # fp32 on CPU by default
+    ("cuda", None, (F16, F16)),  # the official model_half on CUDA
+    ("mps", None, (F32, F32)),  # the official code turns half off without CUDA
+    ("cuda", BF16, (BF16, BF16)),
+    ("cpu", BF16, (BF16, BF16)),  # honoured when asked (bench/README.md: slower on this CPU)
+    ("mps", F16, (F16, F16)),  # fp16 SAME on MPS is fine
+    ("mps", BF16, (BF16, F32)),  # never bf16 SAME on MPS: it decodes to noise there
 ]
 
 
@@ -60,6 +60,7 @@ def test_mixed_precision_model_generates(fixtures_dir: Path):
     components = load_components(fixtures_dir / "tiny-small", device="cpu", dtype=BF16, autoencoder_dtype=F32)
     assert {p.dtype for p in components.dit.parameters()} == {BF16}
     assert {p.dtype for p in components.autoencoder.parameters()} == {F32}
+    assert {p.dtype for p in components.conditioners.parameters()} == {BF16}  # the conditioners follow the DiT
     model = StableAudioModel(components, device="cpu", dtype=BF16)
     audio = model.generate("rain on a tin roof", duration=1.0, steps=2, seed=3)
     assert audio.dtype == F32 and audio.shape[:2] == (1, 2)

@@ -42,13 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     z = torch.randn(1, 256, latents, generator=torch.Generator().manual_seed(1))
     compiled = None
     if args.compile_b:
+        from sa3_core.pipeline import compile_blocks
         from sa3_core.same import SAMEBlock
 
         compiled = randomise_(build_modules(plan.config, device="meta")[AUTOENCODER_PREFIX],
                               torch.Generator().manual_seed(0), "cpu")
-        for block in compiled.modules():
-            if isinstance(block, SAMEBlock):
-                block.compile(dynamic=False)
+        compile_blocks(compiled, SAMEBlock)
     print(f"machine: {machine_summary()}")
     if compiled is None:
         a_name = f"whole chunks ({flops.decode(1, latents, True, trim=False) / 1e9:.0f} GFLOP)"

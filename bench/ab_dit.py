@@ -74,10 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         old.eval()
         if args.compile_b:
             from sa3_core.dit import DiTBlock
+            from sa3_core.pipeline import compile_blocks
 
-            for block in new.modules():
-                if isinstance(block, DiTBlock):
-                    block.compile(dynamic=False)
+            compile_blocks(new, DiTBlock)
 
         sr, ratio = 44100, 4096
         latents = int(round((args.seconds + 6.0) * sr / ratio))

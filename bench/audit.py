@@ -69,6 +69,14 @@ def audit_calls(model: StableAudioModel) -> list[str]:
     def text_rows(args, kwargs):
         return int(kwargs["input_ids"].shape[0])
 
+    def encoded_rows(**request) -> list[int]:
+        """Sequences per T5Gemma call for one generate() from an empty prompt cache."""
+        text.clear_cache()
+        with Hooks() as hooks:
+            hooks.record("t5", text.model, text_rows)
+            model.generate("warm piano", **common, **request)
+        return hooks.calls["t5"]
+
     # 1. Guidance passes.
     for cfg in (1.0, 7.0):
         with Hooks() as hooks:
@@ -89,20 +97,12 @@ def audit_calls(model: StableAudioModel) -> list[str]:
         second = hooks.calls["t5"][len(first):]
     lines.append(f"{verdict(sum(first) == 1 and not second)} batch of 3 identical prompts: T5Gemma encoded "
                  f"{sum(first)} sequence(s) in {len(first)} call(s); re-run with a new seed: {sum(second)} sequence(s)")
-    text.clear_cache()
-    with Hooks() as hooks:
-        hooks.record("t5", text.model, text_rows)
-        model.generate("warm piano", negative_prompt="harsh noise", cfg_scale=7.0, **common)
-    rows = hooks.calls["t5"]
+    rows = encoded_rows(negative_prompt="harsh noise", cfg_scale=7.0)
     lines.append(f"{verdict(sum(rows) == 2)} cfg 7 with a negative prompt: {sum(rows)} sequences in {len(rows)} "
                  f"T5Gemma call(s) (prompt + negative)")
 
     # 3. Negative prompt at cfg 1.
-    text.clear_cache()
-    with Hooks() as hooks:
-        hooks.record("t5", text.model, text_rows)
-        model.generate("warm piano", negative_prompt="harsh noise", cfg_scale=1.0, **common)
-    rows = hooks.calls["t5"]
+    rows = encoded_rows(negative_prompt="harsh noise", cfg_scale=1.0)
     lines.append(f"{verdict(sum(rows) == 1)} cfg 1 with a negative prompt: {sum(rows)} sequence(s) encoded "
                  f"(the negative cannot change a cfg-1 result{'' if sum(rows) == 1 else '; encoding it is wasted'})")
 

@@ -33,10 +33,10 @@ from sa3_core.checkpoint import AUTOENCODER_PREFIX, CONDITIONER_PREFIX, DIT_PREF
 
 from .measure import load_average, machine_summary
 from .random_model import random_model
+from .t2a import PROMPT
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_SHAPES = REPO.parent / "shared" / "fixtures" / "real_shapes"
-PROMPT = "warm ambient piano with soft drums and a slow bass line"
 
 
 CONFIGS = {"small": "small-music_model_config.reconstructed.json", "medium": "medium_model_config.reconstructed.json"}
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(ours/official {our_times['total'] / official_times['total']:.3f}); outputs rel L2 {rel:.1e}; "
                   f"load {load_average():.1f}", flush=True)
 
-    print(f"\n| stage | official (median s) | ours (median s) | ours / official |")
+    print("\n| stage | official (median s) | ours (median s) | ours / official |")
     print("|---|---|---|---|")
     for stage in ("text", "sampling", "decode", "total"):
         a = statistics.median(row[0][stage] for row in rows)

@@ -151,7 +151,7 @@ class SA3InpaintMask(io.ComfyNode):
         for b, (item, seconds) in enumerate(zip(item_regions, window.durations)):
             validate_regions(item, seconds, name=f"item {b}: region")  # before the (slow) encode
         model.load_parts("vae", memory_required=vae_memory(window.audio_samples, 1))
-        source = model.core.encode_audio((sample_rate, samples), window, name="inpaint_audio")
+        source = model.core.encode_inpaint_source((sample_rate, samples), window)
         local = model.core.inpaint_condition(window, source, regions=item_regions)
         return io.NodeOutput(make_latent(latent["samples"], SA3LatentInfo(
             window=window, init_noise_level=info.init_noise_level, local_add_cond=local.float().to(mm.intermediate_device()))))

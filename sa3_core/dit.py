@@ -79,13 +79,14 @@ class DiTBlock(nn.Module):
     def constants(self, context: torch.Tensor, local_add_cond: torch.Tensor | None, tokens: int) -> "BlockConstants":
         """What this block computes from the conditioning alone: the same at every sampling step.
 
-        ``context`` (B, 257, E) is the embedded cross-attention conditioning, ``local_add_cond`` (B, L, 257)
-        the inpaint input aligned to the last L of ``tokens`` positions.
+        ``context`` (B, 257, E) is the embedded cross-attention conditioning, ``local_add_cond`` (B, L', 257)
+        the inpaint input, aligned to the last L' of ``tokens`` positions (official ``_left_pad_to_match``).
         """
         local = None
         if local_add_cond is not None:
             local = self.to_local_embed(local_add_cond)
-            # The local embedding covers the latent frames only: left-pad it over the memory tokens.
+            # Aligned to the end of the sequence: zero-padded on the left over the memory tokens when it covers
+            # the latents only (L' = L), cut on the left when it is longer than the whole sequence.
             local = F.pad(local, (0, 0, tokens - local.shape[1], 0))
         return BlockConstants(self.cross_attn.context_keys_values(context), local)
 
@@ -363,7 +364,9 @@ class DiffusionTransformer(nn.Module):
             t: flow time per item (B,) in [0, 1] (a 0-dim tensor is broadcast over the batch).
             cross_attn_cond: prompt + seconds tokens (B, 257, 768); never masked.
             global_cond: seconds embedding (B, 768).
-            local_add_cond: inpaint mask + masked latents (B, 257, L), or None.
+            local_add_cond: inpaint mask + masked latents (B, 257, L), or None. Aligned to the END of the
+                memory + latent sequence, as officially, so a longer one (an odd SAME-S window's inpaint
+                source, L + 1) reaches one step into the memory tokens.
             padding_mask: (B, L) bool, True = valid frame; None = no masking.
 
         Returns:

@@ -8,6 +8,7 @@ the ComfyUI nodes call one by one, so a node graph and a Python call compute the
     initial_noise      seed -> (B, 256, L) noise and the generator the sampler keeps drawing from
     encode_prompts     prompts, negative prompts, durations -> conditioning (text encoded once per prompt)
     encode_audio       (sample_rate, audio) -> latents of the window (resampled, mono -> stereo)
+    encode_inpaint_source  the same, untrimmed (the official inpaint source; one latent more for odd SAME-S windows)
     inpaint_condition  regions / mask + source latents -> the DiT's (B, 257, L) inpaint input
     sample_latents     everything above -> clean latents (per-step callback: progress, interruption)
     decode_latents     latents -> audio, zero past each item's valid length, peak policy, trimmed
@@ -301,10 +302,17 @@ class StableAudioModel:
     @torch.inference_mode()
     def encode_audio(self, audio: AudioInput, window: Window, name: str = "audio") -> torch.Tensor:
         """``(sr, audio)`` -> SAME latents (1, 256, L) of the window (chunked as the config says)."""
+        return self.encode_inpaint_source(audio, window, name)[..., : window.latents]
+
+    @torch.inference_mode()
+    def encode_inpaint_source(self, audio: AudioInput, window: Window, name: str = "inpaint_audio") -> torch.Tensor:
+        """``(sr, audio)`` -> SAME latents (1, 256, E) of the window's audio, untrimmed, as the official code
+        encodes an inpaint source. E = L, except for a SAME-S window of an odd number of latents (only a
+        ``sample_size`` cap makes one) encoded in one piece: the encoder pads to whole 2-latent chunks, E = L + 1.
+        :meth:`inpaint_condition` keeps that length (see there)."""
         prepared = self.prepare_audio(audio, window, name)
-        latents = self.autoencoder.encode_audio(prepared.to(self._autoencoder_dtype()),
-                                                chunked=self.config.autoencoder.chunked)
-        return latents[..., : window.latents]
+        return self.autoencoder.encode_audio(prepared.to(self._autoencoder_dtype()),
+                                             chunked=self.config.autoencoder.chunked)
 
     def inpaint_condition(
         self,
@@ -318,7 +326,12 @@ class StableAudioModel:
         the source latents where kept. Without regions or mask it is all zeros (plain generation).
 
         ``regions``: seconds, shared by the batch or one list per item; ``mask``: a prebuilt mask in
-        samples ((N,), (1, N) or (B, N)). ``source_latents``: (1 or B, 256, L) from :meth:`encode_audio`.
+        samples ((N,), (1, N) or (B, N)). ``source_latents``: (1 or B, 256, E) from :meth:`encode_inpaint_source`.
+
+        With a source the result has the source's length E, the mask resampled to it (official). When E = L + 1
+        (an odd SAME-S window) the DiT aligns it to the end of its token sequence, as the official DiT does
+        (``_left_pad_to_match``): latent i gets the conditioning of source latent i + 1, the last memory token
+        that of latent 0. Odd in time, but the official result.
         """
         batch, length = window.batch_size, window.latents
         latent_dim = self.autoencoder.latent_dim
@@ -326,6 +339,8 @@ class StableAudioModel:
             if source_latents is not None:
                 raise ValueError("inpaint audio was given without inpaint regions or an inpaint mask")
             return torch.zeros(batch, 1 + latent_dim, length, device=self.device)
+        if source_latents is not None:
+            length = self.autoencoder.encoded_length(window.audio_samples, chunked=self.config.autoencoder.chunked)
         latent_mask = masks.inpaint_mask(batch, window.audio_samples, length, self.sample_rate,
                                          window.durations, regions=regions, mask=mask, device=self.device)
         if source_latents is None:
@@ -333,7 +348,7 @@ class StableAudioModel:
         else:
             if source_latents.shape[0] not in (1, batch) or source_latents.shape[-1] != length:
                 raise ValueError(f"inpaint latents of shape {tuple(source_latents.shape)} do not fit a window of "
-                                 f"{batch} x {length} latents")
+                                 f"{batch} x {window.latents} latents (the encoder gives {length} for it)")
             masked = source_latents.float().expand(batch, -1, -1) * latent_mask
         return torch.cat([latent_mask, masked], dim=1)
 
@@ -558,7 +573,7 @@ class StableAudioModel:
         if regions is not None:
             for b, seconds in enumerate(window.durations):
                 masks.validate_regions(regions, seconds, name=f"item {b}: inpaint region")
-        source = self.encode_audio(inpaint_audio, window, "inpaint_audio") if inpaint_audio is not None else None
+        source = self.encode_inpaint_source(inpaint_audio, window) if inpaint_audio is not None else None
         return self.inpaint_condition(window, source, regions=regions, mask=mask)
 
     # -- speed ----------------------------------------------------------------------------------------

@@ -452,6 +452,15 @@ class SAMEAutoencoder(nn.Module):
         audio = self.pretransform.decode(self.decoder(self.bottleneck.decode(latents)))
         return torch.tanh(audio) if self.config.soft_clip else audio
 
+    def encoded_length(self, samples: int, chunked: bool, chunk_size: int = 128) -> int:
+        """Latents :meth:`encode_audio` returns for ``samples`` samples: ceil(samples / 4096), and when encoded
+        in one piece rounded up to the encoder's whole attention chunks (SAME-S: 2 latents)."""
+        if chunked and samples >= chunk_size * self.downsampling_ratio:
+            return -(-samples // self.downsampling_ratio)
+        resampler = self.encoder.layers[0]
+        patches = -(-samples // self.config.patch_size)
+        return -(-patches // resampler.pad_multiple) * resampler.pad_multiple // resampler.stride
+
     # -- chunked (official scheme, sizes in latents) --------------------------------------------------
 
     def encode_audio(self, audio: torch.Tensor, chunked: bool, chunk_size: int = 128, overlap: int = 32) -> torch.Tensor:

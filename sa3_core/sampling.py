@@ -399,7 +399,8 @@ class DiTConditioning:
     """The DiT's conditioning for one batch.
 
     ``cross_attn_cond`` (B, 257, 768): prompt tokens + the seconds token. ``global_cond`` (B, 768).
-    ``local_add_cond`` (B, 257, L): inpaint mask + masked latents. ``padding_mask`` (B, L) bool, True = valid.
+    ``local_add_cond`` (B, 257, L): inpaint mask + masked latents (L + 1 for an odd SAME-S window's inpaint
+    source: see ``StableAudioModel.inpaint_condition``). ``padding_mask`` (B, L) bool, True = valid.
     ``negative_cross_attn_cond`` (B, 257, 768) or None, with ``negative_cross_attn_mask`` (B, 257) bool
     (True = real token; see :func:`negative_token_mask`). The negative global conditioning is not used by
     the official DiT, so there is no field for it.

@@ -173,6 +173,13 @@ def test_odd_latent_lengths_follow_the_official_padding(fixtures_dir):
     assert medium.encode(audio).shape == (1, 256, 3)
     long_audio = torch.randn(1, 2, 41 * 4096 - 100, generator=generator)
     assert small.encode_audio(long_audio, chunked=True, chunk_size=16, overlap=4).shape == (1, 256, 41)
+    # encoded_length predicts every such length (an odd window's inpaint conditioning has that length).
+    for model in (small, medium):
+        for samples in (3 * 4096 - 100, 5 * 4096, 41 * 4096 - 100):
+            for chunked in (False, True):
+                encoded = model.encode_audio(long_audio[..., :samples], chunked=chunked, chunk_size=16, overlap=4)
+                assert model.encoded_length(samples, chunked=chunked, chunk_size=16) == encoded.shape[-1]
+    assert small.encoded_length(5 * 4096, chunked=False) == 6
 
 
 def test_short_input_is_not_chunked(fixtures_dir):

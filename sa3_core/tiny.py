@@ -4,6 +4,15 @@ They exist so that the whole path (loading, every generation mode, the ComfyUI n
 without the gated real weights: the tests build one, and the demo falls back to one when the models
 folder holds no real checkpoint. The output is noise, and every file says so in its metadata.
 
+The weights are random but scaled so that every stage matters, after the strict golden fixtures' recipe
+(``../shared/fixtures/strict/README.md``, "Weights"; ``_INIT_RULES`` below): the decoded audio follows the
+latents (SAME matrices N(0, 1/fan_in), sharp attention, weight-norm magnitudes that give an audio rms of
+~0.1 for small, ~0.4 for medium), and the DiT's velocity follows the timestep, the prompt, the duration and
+the inpaint input (O(1) adaLN modulation and timestep embedding, conditioning matrices of gain 1). Two seeds
+give audio that differs by ~0.8 of its RMS, so a test comparing outputs of the tiny model sees a wrong seed,
+prompt, mask or LoRA (tests/core/test_tiny.py). What a random DiT cannot do is denoise: at init noise level
+0.9 the sampler keeps almost nothing of the init audio (1e-6), at 0.2 a few percent.
+
 Layout written (the same as ``stabilityai/stable-audio-3-*``)::
 
     <folder>/model_config.json
@@ -15,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -28,6 +38,106 @@ TINY_LABEL = "TINY RANDOM WEIGHTS - for tests and demos only, not a Stable Audio
 _VOCAB = ["<pad>", "<eos>", "<bos>", "<unk>", "piano", "drums", "music", "loud", "soft", "bass", "synth",
           "ambient", "rain", "thunder", "guitar", "strings", "warm", "dark", "bright", "techno", "house",
           "jazz", "choir", "noise", "wind", "birds", "low", "high", "slow", "fast"]
+
+# How each tensor is drawn; the first pattern matching its checkpoint key wins. Kinds:
+#   ("matrix", g)           N(0, g^2 / fan_in), fan_in = in_features (x kernel size)
+#   ("qk_rows", g_v, g_qk)  an attention projection: value rows of gain g_v, query/key rows of gain g_qk
+#   ("normal", mean, std)   ("uniform", low, high)   ("keep",): the value the module was built with
+# The gains follow the strict golden fixtures' recipe; what each group makes matter is said beside it.
+_INIT_RULES: tuple[tuple[str, tuple], ...] = (
+    (r"inv_freq$", ("keep",)),  # RoPE frequencies: the standard values, as in real checkpoints
+    # DiT (model.model.*)
+    (r"to_timestep_embed\.0\.weight$", ("matrix", 2.0)),  # the velocity changes by O(1) between t = 0.1 and 0.9
+    (r"to_timestep_embed\.0\.bias$", ("normal", 0.0, 0.5)),
+    (r"to_timestep_embed\.2\.weight$", ("matrix", 1.5)),
+    (r"to_timestep_embed\.2\.bias$", ("normal", 0.0, 0.3)),
+    (r"to_(cond|global)_embed\.0\.weight$", ("matrix", 1.0)),  # prompt and duration reach the velocity
+    (r"to_(cond|global)_embed\.2\.weight$", ("matrix", 1.5)),
+    (r"global_cond_embedder\.0\.weight$", ("matrix", 1.5)),  # adaLN scale/shift/gate O(1), following t and seconds
+    (r"global_cond_embedder\.2\.weight$", ("matrix", 2.0)),
+    (r"global_cond_embedder\.\d\.bias$", ("normal", 0.0, 0.3)),
+    (r"to_scale_shift_gate$", ("normal", 0.0, 0.5)),
+    (r"transformer\.memory_tokens$", ("normal", 0.0, 1.0)),
+    (r"transformer\.project_in\.weight$", ("matrix", 0.004)),  # a small residual stream: the norm eps matters
+    (r"transformer\.project_out\.weight$", ("matrix", 0.06)),  # velocity rms 1-2
+    (r"model\.model\..*self_attn\.to_qkv\.weight$", ("qk_rows", 1.0, 0.002)),  # q/k small: the q/k norm eps matters
+    (r"model\.model\..*cross_attn\.to_q\.weight$", ("matrix", 0.002)),
+    (r"model\.model\..*cross_attn\.to_kv\.weight$", ("qk_rows", 1.0, 0.002)),
+    (r"model\.model\..*cross_attn\.to_out\.weight$", ("matrix", 1.5)),
+    (r"model\.model\..*\.[qk]_norm\.gamma$", ("normal", 1.5, 0.3)),
+    (r"model\.model\..*norm\.gamma$", ("normal", 1.0, 0.3)),  # pre / cross / ff RMSNorm: no gain is 1
+    (r"to_local_embed\.0\.bias$", ("normal", 0.0, 1.0)),  # the always-on inpaint branch adds W2 silu(b0) + b2
+    (r"to_local_embed\.2\.bias$", ("normal", 0.0, 0.3)),
+    (r"(pre|post)process_conv\.weight$", ("matrix", 0.5)),
+    # SAME (pretransform.model.*): the decoded audio follows the latents, attention across latents matters
+    (r"pretransform\..*self_attn\.to_qkv\.weight$", ("matrix", 3.0)),
+    (r"pretransform\..*self_attn\.to_out\.weight$", ("matrix", 2.0)),
+    (r"decoder\.layers\.1\.weight$", ("matrix", 2.0)),  # the latent projection
+    # q/k norm gains > 1 make attention sharp enough that the latents (decoder) and the audio (encoder) dominate
+    # what the learned tokens receive: most of the decoded audio follows the latents (~85 %, ~45 % at gain 1).
+    (r"pretransform\..*\.[qk]_norm\.gamma$", ("normal", 2.5, 0.3)),
+    (r"encoder\.layers\.0\.mapping\.weight_g$", ("uniform", 0.8, 1.2)),  # weight-norm magnitudes
+    (r"decoder\.layers\.3\.mapping\.weight_g$", ("uniform", 0.05, 0.1)),  # audio rms ~0.2, little clipping
+    (r"\.alpha$", ("uniform", 0.5, 1.5)),  # DyT norms
+    (r"pretransform\..*\.gamma$", ("normal", 1.0, 0.2)),
+    (r"pretransform\..*\.beta$", ("normal", 0.0, 0.1)),
+    (r"new_tokens$", ("normal", 0.0, 0.5)),
+    (r"bottleneck\.scaling_factor$", ("normal", 1.0, 0.1)),
+    (r"bottleneck\.bias$", ("normal", 0.0, 0.1)),
+    (r"bottleneck\.running_std$", ("uniform", 1.1, 1.4)),
+    # conditioners (conditioner.conditioners.*)
+    (r"prompt\.padding_embedding$", ("normal", 0.0, 0.7)),  # most of the 256 prompt rows are padding
+    (r"seconds_total\.embedder\.embedding\.1\.weight$", ("matrix", 1.5)),  # 1 s more is an O(1) change
+    (r"seconds_total\.embedder\.embedding\.1\.bias$", ("normal", 0.0, 0.2)),
+    # everything else: matrices of gain 1, small biases
+    (r"\.bias$", ("normal", 0.0, 0.05)),
+    (r"weight(_v)?$", ("matrix", 1.0)),
+)
+
+# The T5Gemma encoder: matrices of gain 1; its token embeddings are scaled by sqrt(768) inside, and Gemma norms
+# compute x (1 + w).
+_TEXT_ENCODER_RULES: tuple[tuple[str, tuple], ...] = (
+    (r"embed_tokens\.weight$", ("normal", 0.0, 0.04)),
+    (r"norm\.weight$", ("normal", 0.0, 0.2)),
+    (r"weight$", ("matrix", 1.0)),
+)
+
+
+def _query_key_rows(key: str, rows: int, differential: bool) -> torch.Tensor:
+    """(rows,) bool, True on the query/key rows of an attention projection (see ``layers.Attention``)."""
+    if key.endswith("to_qkv.weight"):
+        layout = "qkvqk" if differential else "qkv"
+    else:  # cross-attention to_kv
+        layout = "kkv" if differential else "kv"
+    size = rows // len(layout)
+    return torch.tensor([part != "v" for part in layout]).repeat_interleave(size)
+
+
+def _draw(key: str, value: torch.Tensor, rules, generator: torch.Generator, differential: bool) -> torch.Tensor:
+    """A fresh tensor for checkpoint ``key`` (shape and dtype of ``value``) by the first matching rule."""
+    if value.numel() == 0:  # the bottleneck's empty noise_scaling_factor
+        return value.detach().clone()
+    for pattern, (kind, *args) in rules:
+        if re.search(pattern, key):
+            break
+    else:
+        raise ValueError(f"no initialisation rule for {key}")
+    shape = value.shape
+    if kind == "keep":
+        return value.detach().clone()
+    if kind == "normal":
+        return args[0] + args[1] * torch.randn(shape, generator=generator)
+    if kind == "uniform":
+        return args[0] + (args[1] - args[0]) * torch.rand(shape, generator=generator)
+    fan_in = shape[1:].numel()
+    unit = torch.randn(shape, generator=generator) / fan_in ** 0.5
+    if kind == "matrix":
+        return unit * args[0]
+    if kind == "qk_rows":
+        gains = torch.where(_query_key_rows(key, shape[0], differential), args[1], args[0])
+        return unit * gains.view(-1, *[1] * (len(shape) - 1))
+    raise ValueError(f"unknown initialisation kind {kind!r}")
+
 
 
 def tiny_model_config(variant: str = "small") -> dict:
@@ -50,7 +160,7 @@ def tiny_model_config(variant: str = "small") -> dict:
     return config
 
 
-def _write_text_encoder(folder: Path, seed: int) -> None:
+def _write_text_encoder(folder: Path, generator: torch.Generator) -> None:
     """A 1-layer T5Gemma encoder with the real hidden size (768) and a 30-word tokenizer."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, T5GemmaConfig, T5GemmaEncoderModel
@@ -61,8 +171,11 @@ def _write_text_encoder(folder: Path, seed: int) -> None:
     config = T5GemmaConfig(encoder=module, decoder={**module, "is_decoder": True}, vocab_size=len(_VOCAB),
                            is_encoder_decoder=False)
     config.architectures = ["T5GemmaEncoderModel"]
-    torch.manual_seed(seed)
-    encoder = T5GemmaEncoderModel(config).eval()
+    with torch.random.fork_rng(devices=[]):  # transformers' own init draws from the global RNG: leave it as it was
+        encoder = T5GemmaEncoderModel(config).eval()
+    with torch.no_grad():
+        for key, param in encoder.state_dict().items():
+            param.copy_(_draw(key, param, _TEXT_ENCODER_RULES, generator, differential=False))
     encoder.save_pretrained(folder, safe_serialization=True)
 
     word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(_VOCAB)}, unk_token="<unk>"))
@@ -75,8 +188,10 @@ def _write_text_encoder(folder: Path, seed: int) -> None:
 def write_tiny_checkpoint(folder: str | Path, variant: str = "small", seed: int = 0) -> Path:
     """Write a tiny random-weight model folder in the official layout and return its path.
 
-    Every parameter is drawn from N(0, 0.02) (none left at the zero init the real code uses, so every
-    branch of the network matters); RoPE ``inv_freq`` buffers keep their exact values.
+    Every tensor is drawn from one ``torch.Generator`` seeded with ``seed`` (the same seed gives the same
+    files; the global RNG is left alone) by the per-group rules above (``_INIT_RULES``); none is left at the
+    zero init the real code uses, so every branch of the network matters. RoPE ``inv_freq`` buffers keep
+    their exact values.
     """
     from .checkpoint import build_modules  # built exactly as a real checkpoint would be
 
@@ -84,18 +199,18 @@ def write_tiny_checkpoint(folder: str | Path, variant: str = "small", seed: int 
     folder.mkdir(parents=True, exist_ok=True)
     raw_config = tiny_model_config(variant)
     config = ModelConfig.from_dict(raw_config, source=f"tiny-{variant}")
-    modules = build_modules(config, device=torch.device("cpu"), dtype=torch.float32)
+    with torch.random.fork_rng(devices=[]):  # module constructors draw default inits from the global RNG
+        modules = build_modules(config, device=torch.device("cpu"), dtype=torch.float32)
 
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
     for prefix, module in modules.items():
         for name, value in module.state_dict().items():
-            if not name.endswith("inv_freq") and value.numel() > 0:
-                value = torch.randn(value.shape, generator=generator) * 0.02
-            tensors[prefix + name] = value.detach().contiguous().clone()
+            key = prefix + name
+            tensors[key] = _draw(key, value, _INIT_RULES, generator, config.dit.differential).contiguous()
 
     save_file(tensors, str(folder / "model.safetensors"), metadata={"description": TINY_LABEL})
     (folder / "model_config.json").write_text(json.dumps(raw_config, indent=2))
     (folder / "TINY_RANDOM_WEIGHTS.txt").write_text(TINY_LABEL + "\n")
-    _write_text_encoder(folder / raw_config["model"]["conditioning"]["configs"][0]["config"]["subfolder"], seed)
+    _write_text_encoder(folder / raw_config["model"]["conditioning"]["configs"][0]["config"]["subfolder"], generator)
     return folder

@@ -1,11 +1,14 @@
 """What the pack's e2e tests share: the names the example workflows in workflows/ refer to, the example clip,
-and a way to make the server run every node again."""
+a way to make the server run every node again, and core SaveLatent nodes that let a test read the latents a
+graph computed (not only its 16-bit audio)."""
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
 from typing import Any
 
-from comfy_host import ComfyClient
+from comfy_host import ComfyClient, PromptResult
 
 SA3_MODEL_NAME = "stable-audio-3-small-music"  # the official folder name; in the tests a tiny random-weight model
 SA3_LORAS = ("style_a_lora.safetensors", "style_b_dora.safetensors")  # official-format LoRAs for the tiny model
@@ -32,3 +35,28 @@ def reset_cache(comfy: ComfyClient) -> None:
     barrier = {"1": {"class_type": "LoadAudio", "inputs": {"audio": SA3_EXAMPLE_INPUT}},
                "2": {"class_type": "PreviewAudio", "inputs": {"audio": ["1", 0]}}}
     assert comfy.run(barrier, timeout_s=60).ok
+
+
+def with_latent_savers(graph: dict[str, Any], node_types: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A copy of an API graph with a core SaveLatent on the LATENT output of every node of ``node_types``.
+
+    Returns the graph and {saver node id: id of the node it saves}. SaveLatent writes the latent's samples
+    (float32, untouched) to output/latents/ as a safetensors file; see :func:`saved_latent`."""
+    graph = copy.deepcopy(graph)
+    savers = {}
+    for node_id, node in list(graph.items()):
+        if node["class_type"] in node_types:
+            saver = f"save_latent_{node_id}"
+            graph[saver] = {"class_type": "SaveLatent", "inputs": {
+                "samples": [node_id, 0], "filename_prefix": f"latents/sa3_test_{node_id}"}}
+            savers[saver] = node_id
+    return graph, savers
+
+
+def saved_latent(output_dir: Path, result: PromptResult, saver: str) -> Any:
+    """The tensor a SaveLatent node of a finished prompt wrote (ComfyUI's .latent file: safetensors)."""
+    from safetensors.torch import load_file
+
+    assert result.ok, result.messages
+    [file_ref] = result.files(saver, "latents")
+    return load_file(output_dir / file_ref["subfolder"] / file_ref["filename"])["latent_tensor"]

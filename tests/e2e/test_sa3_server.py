@@ -1,5 +1,6 @@
 """The pack's nodes on a real ComfyUI 0.3.75 server: registration, caching, interruption, errors, LoRA isolation
-and the sampler's settings, each checked against the sa3_core Python API where it produces audio.
+and the sampler's settings, each checked against the sa3_core Python API where it produces audio: the saved
+FLAC within 16-bit rounding and the sampler's latents (a core SaveLatent in every graph) within relative L2 1e-5.
 
 The graphs here are small (2 s, 4 steps) variations of the text-to-audio workflow, built in code.
 """
@@ -14,12 +15,14 @@ import pytest
 import torch
 
 from comfy_host import ComfyClient, ComfyServer, PromptRejected, decode_audio
-from sa3_assets import SA3_EXAMPLE_INPUT, SA3_LORAS, SA3_MODEL_NAME, reset_cache
+from sa3_assets import SA3_EXAMPLE_INPUT, SA3_LORAS, SA3_MODEL_NAME, reset_cache, saved_latent
 
 from sa3_core.pipeline import StableAudioModel
+from tests.golden import relative_l2
 
 SAMPLE_RATE = 44100
 ATOL = 2 / 32768  # 16-bit FLAC quantisation; see test_sa3_workflows.py
+LATENT_TOLERANCE = 1e-5  # relative L2 of the saved float32 latents; see test_sa3_workflows.py
 
 # Node ids and the order of their inputs are public API: UI workflows store widget values by position and
 # API prompts by name. Append new inputs at the end (optional); never rename or reorder.
@@ -38,7 +41,8 @@ NODE_INPUTS = {
 def t2a_graph(prompt: str = "piano", *, duration: float = 2.0, seed: int = 1, steps: int = 4, batch: int = 1,
               negative: str = "", cfg: float = 0.0, apg: float = 1.0, sampler: str = "auto", shift: float = 0.0,
               latent_duration: float | None = None, loras: tuple[tuple[str, float, str], ...] = ()) -> dict[str, Any]:
-    """Loader -> [LoRAApply...] -> TextEncode + EmptyLatent -> Sampler -> VAEDecode -> SaveAudio."""
+    """Loader -> [LoRAApply...] -> TextEncode + EmptyLatent -> Sampler -> VAEDecode -> SaveAudio, and the
+    sampler's latents -> SaveLatent (node "7")."""
     graph: dict[str, Any] = {"1": {"class_type": "SA3_ModelLoader", "inputs": {
         "model": SA3_MODEL_NAME, "text_encoder": "auto", "dtype": "auto", "attention": "auto"}}}
     model = ["1", 0]
@@ -57,6 +61,7 @@ def t2a_graph(prompt: str = "piano", *, duration: float = 2.0, seed: int = 1, st
             "apg_scale": apg, "sampler": sampler, "shift": shift}},
         "5": {"class_type": "SA3_VAEDecode", "inputs": {"model": model, "latent": ["4", 0], "chunked": "auto", "peak": "clamp"}},
         "6": {"class_type": "SaveAudio", "inputs": {"audio": ["5", 0], "filename_prefix": "audio/sa3_server_test"}},
+        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "latents/sa3_server_test"}},
     }
     return graph
 
@@ -76,11 +81,22 @@ def saved_audio(comfy: ComfyClient, result) -> list[np.ndarray]:
     return items
 
 
-def assert_matches(saved: list[np.ndarray], expected: torch.Tensor) -> None:
-    assert len(saved) == expected.shape[0]
-    for got, want in zip(saved, expected.numpy()):
+def python_api(model: StableAudioModel, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(audio, latents) of one generate request."""
+    return model.generate(**kwargs), model.generate(**kwargs, return_latents=True)
+
+
+def assert_matches(server: ComfyServer, comfy: ComfyClient, result, expected: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The graph's FLAC files and sampler latents equal the Python API's (audio, latents)."""
+    audio, latents = expected
+    saved = saved_audio(comfy, result)
+    assert len(saved) == audio.shape[0]
+    for got, want in zip(saved, audio.numpy()):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
+    got = saved_latent(server.output_dir, result, "7")
+    assert got.shape == latents.shape
+    assert relative_l2(got, latents) <= LATENT_TOLERANCE
 
 
 def test_every_node_is_registered_with_stable_inputs(sa3_server: ComfyServer, object_info: dict[str, Any]) -> None:
@@ -127,8 +143,8 @@ def test_changing_only_the_prompt_reuses_the_loaded_model(sa3_server: ComfyServe
     assert {"1", "3"} <= set(cached)  # the loader (and the empty latent) did not run again
     assert "2" not in cached
     assert part_loads(sa3_server) == loaded  # and no part was loaded again: the weights stayed in place
-    assert_matches(saved_audio(comfy, second),
-                   reference_model.generate(prompt="soft drums", duration=2.0, steps=4, seed=1001))
+    assert_matches(sa3_server, comfy, second,
+                   python_api(reference_model, prompt="soft drums", duration=2.0, steps=4, seed=1001))
 
 
 @pytest.mark.parametrize("settings", [
@@ -139,35 +155,35 @@ def test_changing_only_the_prompt_reuses_the_loaded_model(sa3_server: ComfyServe
 def test_sampler_settings_match_the_python_api(settings: dict[str, Any], sa3_server: ComfyServer,
                                               comfy: ComfyClient, reference_model: StableAudioModel) -> None:
     graph = t2a_graph("warm bass", seed=77, **settings)
-    expected = reference_model.generate(
-        prompt="warm bass", duration=2.0, seed=77, steps=settings.get("steps", 4),
+    expected = python_api(
+        reference_model, prompt="warm bass", duration=2.0, seed=77, steps=settings.get("steps", 4),
         batch_size=settings.get("batch", 1), cfg_scale=settings.get("cfg") or None,
         apg_scale=settings.get("apg", 1.0), negative_prompt=settings.get("negative") or None,
         sampler_type=settings.get("sampler"),
         dist_shift={"type": "flux", "alpha_min": settings["shift"], "alpha_max": settings["shift"]}
         if settings.get("shift") else None,
     )
-    assert_matches(saved_audio(comfy, comfy.run(graph, timeout_s=300)), expected)
+    assert_matches(sa3_server, comfy, comfy.run(graph, timeout_s=300), expected)
 
 
 def test_lora_changes_only_its_own_branch(sa3_server: ComfyServer, comfy: ComfyClient,
                                           reference_model: StableAudioModel, fixtures_dir: Path) -> None:
     stack = ((SA3_LORAS[0], 0.8, "dit and conditioner"), (SA3_LORAS[1], 1.0, "dit"))
 
-    def with_stack(seed: int) -> torch.Tensor:
+    def with_stack(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         reference_model.load_lora([fixtures_dir / "loras" / name for name in SA3_LORAS])
         try:
             reference_model.set_lora_strength(0.8, lora_index=0)
             reference_model.set_lora_strength(0.0, lora_index=1, target="conditioner")
-            return reference_model.generate(prompt="piano", duration=2.0, steps=4, seed=seed)
+            return python_api(reference_model, prompt="piano", duration=2.0, steps=4, seed=seed)
         finally:
             reference_model.unload_lora()
 
     # LoRA branch, then the plain model (its weights must be back to the base), then LoRA again.
-    assert_matches(saved_audio(comfy, comfy.run(t2a_graph(seed=501, loras=stack), timeout_s=300)), with_stack(501))
-    assert_matches(saved_audio(comfy, comfy.run(t2a_graph(seed=502), timeout_s=300)),
-                   reference_model.generate(prompt="piano", duration=2.0, steps=4, seed=502))
-    assert_matches(saved_audio(comfy, comfy.run(t2a_graph(seed=503, loras=stack), timeout_s=300)), with_stack(503))
+    assert_matches(sa3_server, comfy, comfy.run(t2a_graph(seed=501, loras=stack), timeout_s=300), with_stack(501))
+    assert_matches(sa3_server, comfy, comfy.run(t2a_graph(seed=502), timeout_s=300),
+                   python_api(reference_model, prompt="piano", duration=2.0, steps=4, seed=502))
+    assert_matches(sa3_server, comfy, comfy.run(t2a_graph(seed=503, loras=stack), timeout_s=300), with_stack(503))
 
 
 def test_interrupt_stops_sampling_and_the_next_prompt_runs(sa3_server: ComfyServer, comfy: ComfyClient) -> None:

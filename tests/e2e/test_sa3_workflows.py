@@ -5,6 +5,11 @@ dropped onto the frontend's canvas and queued with its Run command. Each run mus
 of the expected length and channel count whose samples equal what the sa3_core Python API
 (`StableAudioModel.generate`, same seed and settings) returns for the same request.
 
+The API runs also save the latents (a core SaveLatent added after every sampler and Init Audio node) and
+compare them with `generate(return_latents=True)` and `encode_audio` within relative L2 1e-5: on the tiny
+model a wrong seed, prompt, mask, LoRA or init audio in any node moves them by O(1e-2..1) (the init audio only
+through the Init Audio node's own latents: at noise level 0.9 a random-weight DiT keeps ~1e-6 of it).
+
 Tolerance: SaveAudio writes 16-bit FLAC, which rounds each sample to a multiple of 1/32768 (at most half a
 step off, a full step where the encoder truncates), so we allow 2/32768. The float computations themselves
 are the same operations in the same order on the same CPU; in practice they differ by < 1e-6.
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +29,26 @@ import pytest
 import torch
 
 from comfy_host import ComfyClient, ComfyServer, PromptResult, comparable_prompt, decode_audio
-from sa3_assets import SA3_EXAMPLE_INPUT_RATE, SA3_LORAS, reset_cache, sa3_example_input_pcm
+from sa3_assets import (
+    SA3_EXAMPLE_INPUT_RATE,
+    SA3_LORAS,
+    reset_cache,
+    sa3_example_input_pcm,
+    saved_latent,
+    with_latent_savers,
+)
 from frontend import ComfyFrontend
 
 from sa3_core.pipeline import StableAudioModel
+from tests.golden import relative_l2
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACK_FOLDER = "comfyui-stable-audio-3"  # as conftest links the repository into custom_nodes/
 WORKFLOWS = REPO_ROOT / "workflows"
 SAMPLE_RATE = 44100
 ATOL = 2 / 32768  # 16-bit FLAC quantisation (see the module docstring)
+LATENT_TOLERANCE = 1e-5  # relative L2; float32 saved as is, the same operations (in practice < 1e-6)
+SAMPLER, INIT_AUDIO = "SA3_RFSampler", "SA3_InitAudioEncode"  # the nodes whose latents the API runs save
 
 
 def example_input() -> tuple[int, torch.Tensor]:
@@ -78,21 +94,38 @@ def reference_model(sa3_tiny_model: Path) -> StableAudioModel:
     return StableAudioModel.from_pretrained(sa3_tiny_model, device="cpu", dtype=torch.float32)
 
 
-@pytest.fixture(scope="module")
-def reference(reference_model: StableAudioModel, fixtures_dir: Path) -> Callable[[str], list[np.ndarray]]:
-    """name -> the expected audio of each batch item, (2, int(duration * sr)) float32 (computed once)."""
-    cache: dict[str, list[np.ndarray]] = {}
+@dataclass
+class Expected:
+    """What the Python API computes for one workflow."""
 
-    def expected(name: str) -> list[np.ndarray]:
+    audio: list[np.ndarray]  # each batch item, (2, int(duration * sr)) float32
+    latents: torch.Tensor  # the sampler's output, (B, 256, L)
+    init_latents: torch.Tensor | None  # the Init Audio node's output (B, 256, L), for audio-to-audio
+
+
+@pytest.fixture(scope="module")
+def reference(reference_model: StableAudioModel, fixtures_dir: Path) -> Callable[[str], Expected]:
+    """name -> what generate (and, for the init audio, encode_audio) returns for that workflow (computed once)."""
+    cache: dict[str, Expected] = {}
+
+    def expected(name: str) -> Expected:
         if name not in cache:
             kwargs = dict(REFERENCES[name])
             use_loras = kwargs.pop("loras", False)
             for key in ("init_audio", "inpaint_audio"):
                 if kwargs.get(key) == "example":
                     kwargs[key] = example_input()
-            call = lambda: reference_model.generate(**kwargs)  # noqa: E731
-            audio = with_loras(reference_model, fixtures_dir, call) if use_loras else call()
-            cache[name] = [item.numpy() for item in audio]
+
+            def call() -> tuple[Any, torch.Tensor]:
+                return reference_model.generate(**kwargs), reference_model.generate(**kwargs, return_latents=True)
+
+            audio, latents = with_loras(reference_model, fixtures_dir, call) if use_loras else call()
+            init_latents = None
+            if "init_audio" in kwargs:
+                batch = kwargs.get("batch_size", 1)
+                window = reference_model.plan_window([kwargs["duration"]] * batch)
+                init_latents = reference_model.encode_audio(kwargs["init_audio"], window).expand(batch, -1, -1)
+            cache[name] = Expected([item.numpy() for item in audio], latents, init_latents)
         return cache[name]
 
     return expected
@@ -120,6 +153,19 @@ def check_saved_audio(comfy: ComfyClient, result: PromptResult, name: str, expec
         np.testing.assert_allclose(waveform[:, : want.shape[-1]], want, rtol=0, atol=ATOL)
         assert not waveform[:, want.shape[-1]:].any()
         assert np.abs(want).max() > 100 * ATOL  # a real signal, not silence on both sides
+
+
+def check_saved_latents(server: ComfyServer, result: PromptResult, graph: dict[str, Any], savers: dict[str, str],
+                        expected: Expected) -> None:
+    """Each saved latent (see with_latent_savers) equals the Python API's: the sampler's output its latents,
+    the Init Audio node's output the encoded clip."""
+    kinds = sorted(graph[node]["class_type"] for node in savers.values())
+    assert kinds == ([INIT_AUDIO] if expected.init_latents is not None else []) + [SAMPLER]
+    for saver, node in savers.items():
+        want = expected.latents if graph[node]["class_type"] == SAMPLER else expected.init_latents
+        got = saved_latent(server.output_dir, result, saver)
+        assert got.shape == want.shape
+        assert relative_l2(got, want) <= LATENT_TOLERANCE, f"{graph[node]['class_type']} (node {node})"
 
 
 def cached_pack_nodes(result: PromptResult, graph: dict[str, Any]) -> list[str]:
@@ -156,18 +202,19 @@ def test_templates_list_the_ui_workflows(sa3_server: ComfyServer, comfy: ComfyCl
 
 @pytest.mark.parametrize("name", NAMES)
 def test_api_workflow_matches_python_api(name: str, sa3_server: ComfyServer, comfy: ComfyClient,
-                                         reference: Callable[[str], list[np.ndarray]]) -> None:
+                                         reference: Callable[[str], Expected]) -> None:
     reset_cache(comfy)
-    graph = api_workflow(name)
+    graph, savers = with_latent_savers(api_workflow(name), (SAMPLER, INIT_AUDIO))
     result = comfy.run(graph, timeout_s=300)
     assert not cached_pack_nodes(result, graph)
-    check_saved_audio(comfy, result, name, reference(name))
+    check_saved_audio(comfy, result, name, reference(name).audio)
+    check_saved_latents(sa3_server, result, graph, savers, reference(name))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_frontend_loads_and_runs_ui_workflow(name: str, sa3_server: ComfyServer, comfy: ComfyClient,
                                              frontend: ComfyFrontend, object_info: dict[str, Any],
-                                             reference: Callable[[str], list[np.ndarray]]) -> None:
+                                             reference: Callable[[str], Expected]) -> None:
     workflow = ui_workflow(name)
     assert not frontend.missing_node_types(workflow)
     frontend.drop_workflow(workflow, f"{name}.json")  # the drag-and-drop path
@@ -180,4 +227,4 @@ def test_frontend_loads_and_runs_ui_workflow(name: str, sa3_server: ComfyServer,
     with frozen(frontend):
         result = comfy.wait_for(prompt_id, timeout_s=300)
     assert not cached_pack_nodes(result, api_workflow(name))
-    check_saved_audio(comfy, result, name, reference(name))
+    check_saved_audio(comfy, result, name, reference(name).audio)

@@ -21,7 +21,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from sa3_core import sampling as S

@@ -4,14 +4,16 @@ The official code resamples with torchaudio (``transforms.Resample``: windowed-s
 window, 6 zero crossings, roll-off 0.99). torchaudio builds one filter per output phase, ``new / gcd``
 filters of ``orig / gcd + 2 * width`` taps each, and runs them as a dense convolution. For the usual rates
 the reduced ratio is small (48 kHz -> 44.1 kHz: 147 filters of 174 taps), but for an awkward rate it is not:
-44101 Hz -> 44100 Hz is 44100 filters of 44115 taps, one 7.8 GB tensor, and 4001 Hz needs 0.7 GB and
-13 s for one second of audio.
+44101 Hz -> 44100 Hz is 44100 filters of 44115 taps, one 7.8 GB tensor (several during its construction),
+and 4001 Hz takes 2.8 GiB and seconds of dense convolution per second of audio, nearly all of it
+multiplications by zero.
 
 :func:`resample` therefore keeps torchaudio's own computation whenever its filter bank is small (every common
 rate, so those results stay exactly the official ones) and otherwise evaluates the same interpolation
 formula directly: each output sample is the weighted sum of the ``2 * width + 2`` input samples around its
-position, with the weights torchaudio's filter bank would hold there. The memory is a few megabytes per
-chunk of outputs and the work grows with the output length alone.
+position, with the weights torchaudio's filter bank holds there (its other taps are zero). The weights
+(one row per phase, at most 44100 x 108 for a 44.1 kHz target) and one block of outputs (a frame of phases,
+or ``_CHUNK`` outputs) are all the memory it needs, and the work grows with the output length alone.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ MAX_FILTER_BANK = 1 << 21
 """Largest torchaudio filter bank (phases x taps, float32 elements: 8 MB) used as is. The common rates stay
 far below it (384 kHz -> 44.1 kHz, the largest: 0.2 M elements)."""
 
-_CHUNK = 1 << 15  # output samples per step of the direct evaluation
+_CHUNK = 1 << 15  # output samples per step of the direct evaluation (at least one frame of phases)
 
 
 def _reduced(orig_freq: int, new_freq: int) -> tuple[int, int]:
@@ -70,31 +72,41 @@ def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Ten
 def sinc_resample(waveform: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
     """torchaudio's windowed-sinc interpolation evaluated per output sample (see the module docstring).
 
-    Output ``n`` sits at input position ``c = n * orig / new``; the taps ``i`` around it get the weight
+    Output ``n`` sits at input position ``n * orig / new``; the taps ``i`` around it get the weight
     ``k(t)``, ``t = (i / orig - n / new) * base`` (reduced rates, ``base = min(orig, new) * rolloff``):
     ``k(t) = sinc(t) * cos(pi t / 12)^2 * base / orig`` for ``|t| < 6`` and 0 beyond, which is torchaudio's
-    filter bank entry for that tap. Samples outside the input count as 0, as torchaudio's zero padding.
+    filter bank entry for that tap. The weights only depend on the output's phase ``n mod new``, so they are
+    computed once per phase (``new`` x ``2 * width + 2`` of them: at most 44100 x 108 for a 44.1 kHz target).
+    Samples outside the input count as 0, as torchaudio's zero padding.
     """
     orig, new = _reduced(orig_freq, new_freq)
     width = filter_half_width(orig_freq, new_freq)
     base = min(orig, new) * ROLLOFF
+    device = waveform.device
+    offsets = torch.arange(-width, width + 2, device=device)
+    phases = torch.arange(new, device=device)
+    first = phases * orig // new  # the input sample at or before each phase's position (exact integers)
+    # t in float64 from exact integer numerators: i / orig - j / new = (i * new - j * orig) / (orig * new)
+    t = ((first[:, None] + offsets) * new - phases[:, None] * orig).double() * (base / (orig * new))
+    t = t.clamp(-LOWPASS_FILTER_WIDTH, LOWPASS_FILTER_WIDTH)
+    window = torch.cos(t * (math.pi / LOWPASS_FILTER_WIDTH / 2)) ** 2
+    t = t * math.pi
+    sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t)
+    weights = (sinc * window * (base / orig)).to(waveform.dtype)  # (new, 2 * width + 2)
+
     shape = waveform.shape
     signal = waveform.reshape(-1, shape[-1])
-    length = signal.shape[-1]
-    out_length = -(-new * length // orig)
-    # Zero padding on both sides, so every tap index below is valid.
-    padded = torch.nn.functional.pad(signal, (width, width + 1))
-    offsets = torch.arange(-width, width + 2, device=signal.device)
-    out = signal.new_empty(signal.shape[0], out_length)
-    for start in range(0, out_length, _CHUNK):
-        n = torch.arange(start, min(start + _CHUNK, out_length), device=signal.device)
-        taps = (n * orig // new)[:, None] + offsets  # (N, 2 * width + 2) input indices, exact integers
-        # t in float64 from exact integer numerators: i / orig - n / new = (i * new - n * orig) / (orig * new)
-        t = (taps * new - n[:, None] * orig).double() * (base / (orig * new))
-        t = t.clamp(-LOWPASS_FILTER_WIDTH, LOWPASS_FILTER_WIDTH)
-        window = torch.cos(t * (math.pi / LOWPASS_FILTER_WIDTH / 2)) ** 2
-        t = t * math.pi
-        sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t)
-        weights = (sinc * window * (base / orig)).to(signal.dtype)
-        out[:, start:start + n.shape[0]] = (padded[:, taps + width] * weights).sum(-1)
-    return out.reshape(*shape[:-1], out_length)
+    out_length = -(-new * signal.shape[-1] // orig)
+    # Outputs come in frames of `new` phases; frame m, phase j reads padded[m * orig + first[j] + k], k < taps.
+    frames = -(-out_length // new)
+    taps = 2 * width + 2
+    padded = torch.nn.functional.pad(signal, (width, width + 2 + orig))  # the last frame's windows are inside
+    windows = padded.unfold(-1, taps, 1)  # (C, positions, taps), a view
+    out = signal.new_empty(signal.shape[0], frames * new)
+    step = max(1, _CHUNK // new)
+    for frame in range(0, frames, step):
+        count = min(step, frames - frame)
+        starts = (torch.arange(frame, frame + count, device=device)[:, None] * orig + first).reshape(-1)
+        block = windows[:, starts].view(signal.shape[0], count, new, taps)
+        out[:, frame * new:(frame + count) * new] = torch.einsum("cfjk,jk->cfj", block, weights).flatten(1)
+    return out[:, :out_length].reshape(*shape[:-1], out_length)

@@ -64,7 +64,7 @@ class SA3TextEncode(io.ComfyNode):
         parser reads its text once, after checking its length). Linked inputs arrive as None."""
         if prompt is None or negative_prompt is None:
             return True
-        try:
+        try:  # the duration widget is a number ComfyUI checks itself; 1.0 stands in for it
             cls.read_texts(prompt, negative_prompt, 1.0, per_item_durations or "")
         except ValueError as exc:
             return str(exc)

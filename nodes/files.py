@@ -31,6 +31,8 @@ COMFY_ORG_PREFIX = "stable_audio_3"  # stable_audio_3_medium.safetensors, stable
 TEXT_ENCODERS_KEY = "text_encoders"
 LORAS_KEY = "loras"
 
+_PACK = Path(__file__).parents[1]  # this pack's folder, as Python imported it
+
 MODEL_CONFIG = "model_config.json"
 AUTO_TEXT_ENCODER = "auto"
 NO_MODEL = "(no Stable Audio 3 model found - see tooltip)"
@@ -60,10 +62,13 @@ def _shown(key: str) -> str:
 
 
 def hide_paths(text: str) -> str:
-    """``text`` with every model folder's absolute path replaced by its ``models/<key>`` name."""
+    """``text`` with the server's absolute paths replaced: a model folder by its ``models/<key>`` name, this
+    pack's folder by ``custom_nodes/<name>``, anything else inside ComfyUI by its path relative to ComfyUI."""
     folders = [(str(folder), _shown(key)) for key in (MODELS_KEY, CHECKPOINTS_KEY, TEXT_ENCODERS_KEY, LORAS_KEY)
                for folder in _folders(key)]
     folders.append((str(Path(folder_paths.models_dir)), "models"))
+    folders.append((str(_PACK), f"custom_nodes/{_PACK.name}"))  # e.g. the preset configs sa3_core names
+    folders.append((str(Path(folder_paths.base_path)) + os.sep, ""))  # anything else inside ComfyUI
     for absolute, shown in sorted(folders, key=lambda pair: -len(pair[0])):  # the most specific first
         text = text.replace(absolute, shown)
     return text

@@ -55,7 +55,8 @@ def test_list_widgets_refuse_long_text_before_reading_it(call, monkeypatch) -> N
         call(adversarial)
 
 
-@pytest.mark.parametrize("text", ["1" * 4000, "1" + " " * 4000 + "x", "1e" * 2000, "0." * 2000 + "-"])
+@pytest.mark.parametrize("text", ["1" * 4000, "1" + " " * 4000 + "x", "1e" * 2000, "0." * 2000 + "-"],
+                         ids=["digits", "spaces", "exponents", "dots"])
 def test_adversarial_region_text_within_the_cap_is_refused_as_unreadable(text: str) -> None:
     with pytest.raises(ValueError, match="cannot read"):
         parsing.parse_regions(text)

@@ -134,6 +134,21 @@ def write_wav(path: Path, samples: np.ndarray, rate: int) -> str:
     return path.name
 
 
+@pytest.fixture
+def clip_file(sa3_server: ComfyServer) -> Iterator:
+    """``clip_file(name, samples, rate)`` writes a WAV into the server's input/ and returns its name; the files
+    are removed after the test."""
+    written: list[Path] = []
+
+    def write(name: str, samples: np.ndarray, rate: int) -> str:
+        written.append(sa3_server.input_dir / name)
+        return write_wav(written[-1], samples, rate)
+
+    yield write
+    for path in written:
+        path.unlink(missing_ok=True)
+
+
 def tone(seconds: float, rate: int, channels: int = 1) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return np.repeat((0.3 * np.sin(2 * np.pi * 220 * t))[None], channels, axis=0)
@@ -278,16 +293,16 @@ def test_a_lora_whose_merged_weights_blow_up_is_refused_and_the_plain_model_is_i
 
 
 @pytest.mark.parametrize("rate", [4001, 44101])
-def test_awkward_sample_rates_succeed(rate: int, sa3_server: ComfyServer, comfy: ComfyClient) -> None:
+def test_awkward_sample_rates_succeed(rate: int, sa3_server: ComfyServer, comfy: ComfyClient, clip_file) -> None:
     """4001 Hz took +2.8 GiB and 13 s; 44101 Hz asked torchaudio for one 7.8 GB tensor."""
-    clip = write_wav(sa3_server.input_dir / f"tone_{rate}.wav", tone(1.0, rate), rate)
+    clip = clip_file(f"tone_{rate}.wav", tone(1.0, rate), rate)
     result = comfy.run(with_audio(graph(), clip, "init"), timeout_s=300)
     assert result.ok, result.messages
     assert len(result.files("6")) == 1
 
 
-def test_an_absurd_sample_rate_is_a_node_error(sa3_server: ComfyServer, comfy: ComfyClient) -> None:
-    clip = write_wav(sa3_server.input_dir / "tone_500.wav", tone(1.0, 500), 500)
+def test_an_absurd_sample_rate_is_a_node_error(sa3_server: ComfyServer, comfy: ComfyClient, clip_file) -> None:
+    clip = clip_file("tone_500.wav", tone(1.0, 500), 500)
     error = run_error(comfy, with_audio(graph(), clip, "init"))
     assert error["node_id"] == "8"
     assert "sample rate 500 Hz is outside 1000..384000 Hz" in error["exception_message"]
@@ -295,8 +310,8 @@ def test_an_absurd_sample_rate_is_a_node_error(sa3_server: ComfyServer, comfy: C
 
 
 def test_an_eight_channel_clip_keeps_its_front_pair_and_the_log_says_so(sa3_server: ComfyServer,
-                                                                        comfy: ComfyClient) -> None:
-    clip = write_wav(sa3_server.input_dir / "eight_channels.wav", tone(1.0, 48000, channels=8), 48000)
+                                                                        comfy: ComfyClient, clip_file) -> None:
+    clip = clip_file("eight_channels.wav", tone(1.0, 48000, channels=8), 48000)
     result = comfy.run(with_audio(graph(), clip, "init"), timeout_s=300)
     assert result.ok, result.messages
     assert "init_audio has 8 channels; using the first 2 (front left and right)" in sa3_server.log_text()

@@ -21,6 +21,7 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io
 
+from ..sa3_core.masks import validate_sample_rate
 from ..sa3_core.pipeline import PromptConditioning, Window
 
 CATEGORY = "StableAudio3"
@@ -96,7 +97,8 @@ def audio_input(audio: dict[str, Any], node: str, name: str) -> tuple[int, torch
         raise ValueError(f"{node}: {name} waveform must be (batch, channels, samples), got {tuple(waveform.shape)}")
     if waveform.shape[0] != 1:
         raise ValueError(f"{node}: {name} holds {waveform.shape[0]} clips; connect a single clip (batch of 1)")
-    return int(audio["sample_rate"]), waveform[0].float()
+    # Checked here too (sa3_core checks it again), so a broken header fails before the autoencoder is loaded.
+    return validate_sample_rate(audio["sample_rate"], f"{node}: {name}"), waveform[0].float()
 
 
 def vae_memory(samples: int, batch: int) -> int:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..sa3_core.masks import validate_durations
+from ..sa3_core.masks import MAX_BATCH, validate_durations
+from ..sa3_core.pipeline import MAX_PROMPT_CHARS, validate_prompts
 from .common import CATEGORY, MODEL_TOOLTIP, SA3ConditioningType, SA3ModelType, to_device
-from .parsing import ITEM_SEPARATOR, item_durations, per_item_prompts
+from . import parsing
+from .parsing import ITEM_SEPARATOR
 
 MAX_SECONDS = 384.0  # the seconds conditioner's range; each model's own limit (120 s for SA3) is checked on use
 
@@ -44,11 +46,34 @@ class SA3TextEncode(io.ComfyNode):
                 "Prompt and duration conditioning, one entry per batch item."))],
         )
 
+    @staticmethod
+    def read_texts(prompt: str, negative_prompt: str, duration: float,
+                   per_item_durations: str) -> tuple[list[str], list[str] | None, list[float]]:
+        """The widgets' prompts, negative prompts and durations, checked (lengths first, then syntax, batch
+        size and text) before anything is encoded."""
+        prompts, negatives = parsing.per_item_prompts(prompt, negative_prompt, max_chars=MAX_PROMPT_CHARS,
+                                                      max_items=MAX_BATCH)
+        validate_prompts(prompts, "prompt")
+        validate_prompts(negatives or (), "negative_prompt")
+        return prompts, negatives, parsing.item_durations(duration, per_item_durations, len(prompts))
+
+    @classmethod
+    def validate_inputs(cls, prompt: str | None = None, negative_prompt: str | None = None,
+                        per_item_durations: str | None = None) -> bool | str:
+        """The same checks at queue time, so a bad text is refused before the prompt is queued (fast: every
+        parser reads its text once, after checking its length). Linked inputs arrive as None."""
+        if prompt is None or negative_prompt is None:
+            return True
+        try:  # the duration widget is a number ComfyUI checks itself; 1.0 stands in for it
+            cls.read_texts(prompt, negative_prompt, 1.0, per_item_durations or "")
+        except ValueError as exc:
+            return str(exc)
+        return True
+
     @classmethod
     def execute(cls, model, prompt: str, negative_prompt: str = "", duration: float = 10.0,
                 per_item_durations: str = "") -> io.NodeOutput:
-        prompts, negatives = per_item_prompts(prompt, negative_prompt)
-        durations = item_durations(duration, per_item_durations, len(prompts))
+        prompts, negatives, durations = cls.read_texts(prompt, negative_prompt, duration, per_item_durations)
         core = model.core
         # Checked here so a wrong duration shows on this node, not later on the sampler.
         validate_durations(durations, core.max_seconds)

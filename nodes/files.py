@@ -10,12 +10,18 @@
 * ``loras`` (ComfyUI's): SA3 LoRA files (``.safetensors``).
 
 Extra locations work as for any ComfyUI key, through ``extra_model_paths.yaml`` (``stable_audio_3: ...``).
+
+Messages name files as ``models/<folder>/<name>``, never by the server's absolute paths: node errors are
+shown to whoever uses the server (:func:`relative_paths_in_errors` does this for sa3_core's errors, which
+name files by their full path, as a library should).
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import folder_paths
 
@@ -24,6 +30,8 @@ CHECKPOINTS_KEY = "checkpoints"
 COMFY_ORG_PREFIX = "stable_audio_3"  # stable_audio_3_medium.safetensors, stable_audio_3_small_sfx.safetensors, ...
 TEXT_ENCODERS_KEY = "text_encoders"
 LORAS_KEY = "loras"
+
+_PACK = Path(__file__).parents[1]  # this pack's folder, as Python imported it
 
 MODEL_CONFIG = "model_config.json"
 AUTO_TEXT_ENCODER = "auto"
@@ -48,8 +56,35 @@ def _folders(key: str) -> list[Path]:
         return []
 
 
-def model_search_paths() -> list[str]:
-    return [str(p) for p in _folders(MODELS_KEY)]
+def _shown(key: str) -> str:
+    """How messages name a model folder: as ComfyUI's models/ folders are known, wherever it really is."""
+    return f"models/{key}"
+
+
+def hide_paths(text: str) -> str:
+    """``text`` with the server's absolute paths replaced: a model folder by its ``models/<key>`` name, this
+    pack's folder by ``custom_nodes/<name>``, anything else inside ComfyUI by its path relative to ComfyUI."""
+    folders = [(str(folder), _shown(key)) for key in (MODELS_KEY, CHECKPOINTS_KEY, TEXT_ENCODERS_KEY, LORAS_KEY)
+               for folder in _folders(key)]
+    folders.append((str(Path(folder_paths.models_dir)), "models"))
+    folders.append((str(_PACK), f"custom_nodes/{_PACK.name}"))  # e.g. the preset configs sa3_core names
+    folders.append((str(Path(folder_paths.base_path)) + os.sep, ""))  # anything else inside ComfyUI
+    for absolute, shown in sorted(folders, key=lambda pair: -len(pair[0])):  # the most specific first
+        text = text.replace(absolute, shown)
+    return text
+
+
+@contextmanager
+def relative_paths_in_errors() -> Iterator[None]:
+    """Re-raise a loading error with the model folders' absolute paths replaced (see :func:`hide_paths`)."""
+    try:
+        yield
+    except (ValueError, OSError, RuntimeError) as exc:
+        message = str(exc)
+        shown = hide_paths(message)
+        if shown == message:
+            raise
+        raise ValueError(shown) from None
 
 
 def list_models() -> list[str]:
@@ -89,20 +124,26 @@ def resolve_model(name: str) -> Path:
     checkpoint = folder_paths.get_full_path(CHECKPOINTS_KEY, name) if name.endswith(".safetensors") else None
     if checkpoint is not None:
         return Path(checkpoint)
-    raise ValueError(f"Stable Audio 3 model {name!r} not found in {', '.join(model_search_paths())} "
+    raise ValueError(f"Stable Audio 3 model {name!r} not found in {_shown(MODELS_KEY)} or {_shown(CHECKPOINTS_KEY)} "
                      f"(expected an official model folder with {MODEL_CONFIG}, or a .safetensors file)")
 
 
 def no_model_message() -> str:
-    where = " or ".join(model_search_paths()) or "models/stable_audio_3"
     return (f"No Stable Audio 3 model found. Put an official model folder (model_config.json, model.safetensors, "
-            f"t5gemma-b-b-ul2/) or a Comfy-Org stable_audio_3_*.safetensors file in {where} (single files also in "
-            f"models/checkpoints), then refresh.")
+            f"t5gemma-b-b-ul2/) or a Comfy-Org stable_audio_3_*.safetensors file in {_shown(MODELS_KEY)} (single "
+            f"files also in {_shown(CHECKPOINTS_KEY)}), then refresh.")
+
+
+def _part_of_a_folder(name: str) -> bool:
+    """A file next to a ``config.json`` belongs to a transformers model folder (the folder is the encoder)."""
+    return any((base / name).parent.joinpath("config.json").is_file() for base in _folders(TEXT_ENCODERS_KEY))
 
 
 def list_text_encoders() -> list[str]:
-    """``.safetensors`` files and T5Gemma folders (``config.json`` inside) in models/text_encoders."""
-    found = set(f for f in folder_paths.get_filename_list(TEXT_ENCODERS_KEY) if f.endswith(".safetensors"))
+    """``.safetensors`` files and T5Gemma folders (``config.json`` inside) in models/text_encoders; a
+    folder's own weights are not listed a second time as a file."""
+    found = set(f for f in folder_paths.get_filename_list(TEXT_ENCODERS_KEY)
+                if f.endswith(".safetensors") and not _part_of_a_folder(f))
     for base in _folders(TEXT_ENCODERS_KEY):
         if base.is_dir():
             found.update(p.name for p in base.iterdir() if p.is_dir() and (p / "config.json").is_file())
@@ -116,7 +157,7 @@ def resolve_text_encoder(name: str, model_path: Path) -> Path | None:
         for base in _folders(TEXT_ENCODERS_KEY):
             if (base / _inside(name)).exists():
                 return base / _inside(name)
-        raise ValueError(f"text encoder {name!r} not found in {', '.join(map(str, _folders(TEXT_ENCODERS_KEY)))}")
+        raise ValueError(f"text encoder {name!r} not found in {_shown(TEXT_ENCODERS_KEY)}")
     if model_path.is_dir():
         return None
     candidates = [n for n in list_text_encoders() if "t5gemma" in n.lower()]
@@ -124,7 +165,7 @@ def resolve_text_encoder(name: str, model_path: Path) -> Path | None:
         raise ValueError(f"{model_path.name} is a single-file checkpoint without a text encoder: put the Comfy-Org "
                          "t5gemma_b_b_ul2.safetensors in models/text_encoders and choose it as text_encoder")
     if len(candidates) > 1:
-        raise ValueError(f"several T5Gemma text encoders in models/text_encoders ({', '.join(candidates)}); "
+        raise ValueError(f"several T5Gemma text encoders in {_shown(TEXT_ENCODERS_KEY)} ({', '.join(candidates)}); "
                          "choose one as text_encoder")
     return resolve_text_encoder(candidates[0], model_path)
 
@@ -138,7 +179,7 @@ def resolve_lora(name: str) -> Path:
         raise ValueError("No LoRA chosen: put SA3 LoRA .safetensors files in models/loras, then refresh")
     path = folder_paths.get_full_path(LORAS_KEY, name)
     if path is None:
-        raise ValueError(f"LoRA {name!r} not found in {', '.join(map(str, _folders(LORAS_KEY)))}")
+        raise ValueError(f"LoRA {name!r} not found in {_shown(LORAS_KEY)}")
     return Path(path)
 
 

@@ -7,7 +7,8 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..sa3_core.masks import continuation_region, validate_init_noise_level, validate_regions
+from ..sa3_core.masks import (MAX_BATCH, continuation_region, validate_batch_size, validate_init_noise_level,
+                              validate_regions)
 from .common import (
     MODEL_TOOLTIP,
     CATEGORY,
@@ -41,7 +42,7 @@ class SA3EmptyLatent(io.ComfyNode):
                 SA3ModelType.Input("model", tooltip=MODEL_TOOLTIP),
                 io.Float.Input("duration", default=10.0, min=0.1, max=MAX_SECONDS, step=0.1, tooltip=(
                     "Seconds of audio per item; must match the Text Encode duration (at most 120 s for SA3).")),
-                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip=(
+                io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip=(
                     "How many clips to generate at once (each from its own noise).")),
                 SA3ConditioningType.Input("conditioning", optional=True, tooltip=(
                     "Optional: take the batch size and each item's duration from this conditioning (one item per "
@@ -56,9 +57,7 @@ class SA3EmptyLatent(io.ComfyNode):
         if conditioning is not None:
             durations = list(conditioning.durations)
         else:
-            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-                raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-            durations = [float(duration)] * batch_size
+            durations = [float(duration)] * validate_batch_size(batch_size)
         window = model.core.plan_window(durations)
         samples = torch.zeros(window.batch_size, model.core.autoencoder.latent_dim, window.latents)
         return io.NodeOutput(make_latent(samples, SA3LatentInfo(window=window)))

@@ -74,8 +74,9 @@ class SA3ModelLoader(io.ComfyNode):
                 attention: str = "auto") -> io.NodeOutput:
         choose("dtype", dtype, list(DTYPES))
         choose("attention", attention, BACKENDS)
-        path = files.resolve_model(model)
-        encoder = files.resolve_text_encoder(text_encoder, path)
-        loaded = SA3Model.load(path, text_encoder=encoder, dtype=dtype, attention=attention,
-                               base=path.is_file() and _base_from_name(model))
+        with files.relative_paths_in_errors():
+            path = files.resolve_model(model)
+            encoder = files.resolve_text_encoder(text_encoder, path)
+            loaded = SA3Model.load(path, text_encoder=encoder, dtype=dtype, attention=attention,
+                                   base=path.is_file() and _base_from_name(model))
         return io.NodeOutput(loaded)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from comfy_api.latest import io
 
 from . import files
@@ -51,7 +49,6 @@ class SA3LoRAApply(io.ComfyNode):
     @classmethod
     def execute(cls, model, lora_name: str, strength: float = 1.0, target: str = "dit and conditioner") -> io.NodeOutput:
         choose("target", target, list(LORA_TARGETS))
-        if not math.isfinite(strength):
-            raise ValueError(f"strength must be a finite number, got {strength!r}")
-        path = files.resolve_lora(lora_name)
-        return io.NodeOutput(model.with_lora(lora_name, path, strength, LORA_TARGETS[target]))
+        with files.relative_paths_in_errors():
+            path = files.resolve_lora(lora_name)
+            return io.NodeOutput(model.with_lora(lora_name, path, strength, LORA_TARGETS[target]))

@@ -38,7 +38,8 @@ import comfy.ops
 from comfy.weight_adapter import WeightAdapterBase
 
 from ..sa3_core.checkpoint import load_components
-from ..sa3_core.lora import DEFAULT_ROOTS, Adapter, LoRAFile, effective_weight, module_name_to_target, read_lora_file
+from ..sa3_core.lora import (DEFAULT_ROOTS, Adapter, LoRAFile, effective_weight, module_name_to_target, read_lora_file,
+                             validate_strength)
 from ..sa3_core.pipeline import StableAudioModel
 from ..sa3_core.precision import component_dtypes
 
@@ -102,17 +103,19 @@ class _StackPatch(WeightAdapterBase):
 
     name = "sa3_lora_stack"
 
-    def __init__(self, adapters: list[Adapter], strengths: list[float], dtype: torch.dtype):
+    def __init__(self, adapters: list[Adapter], strengths: list[float], dtype: torch.dtype, loras: list[str]):
         self.loaded_keys: set[str] = set()
         self.weights: list[torch.Tensor] = []
         self.adapters = adapters
         self.strengths = strengths
         self.dtype = dtype
+        self.loras = loras  # the LoRA names, for the message when the merged weight is not finite
 
     def calculate_weight(self, weight, key, strength, strength_model, offset, function,
                          intermediate_dtype=torch.float32, original_weight=None):
         base = weight.to(self.dtype)
-        return effective_weight(base, self.adapters, self.strengths, dora_mode="linear").to(weight.dtype)
+        return effective_weight(base, self.adapters, self.strengths, dora_mode="linear",
+                                name=f"{key} (LoRA {', '.join(self.loras)})").to(weight.dtype)
 
 
 @dataclass
@@ -159,31 +162,39 @@ class SA3Model:
         ComfyUI runs nodes under ``torch.inference_mode()``; weights created there (loaded, moved or LoRA-patched)
         would be inference tensors, whose version counter sa3_core's step-constant cache reads (and which
         raise on that). So weights are created outside inference mode (requests_nodes.md item 3)."""
-        mm.load_models_gpu([self.parts[n] for n in names], memory_required=memory_required, force_full_load=True)
+        patchers = [self.parts[n] for n in names]
+        try:
+            mm.load_models_gpu(patchers, memory_required=memory_required, force_full_load=True)
+        except Exception:
+            # A weight patch that fails (a LoRA whose merged weight is not finite) stops ComfyUI half-way through
+            # patching the shared weights; put back the ones already patched, so the plain model stays intact.
+            for patcher in patchers:
+                patcher.unpatch_model(patcher.offload_device)
+            raise
 
     # -- LoRA ---------------------------------------------------------------------------------------
 
     def with_lora(self, name: str, path: Path, strength: float, targets: tuple[str, ...]) -> "SA3Model":
         """A new SA3Model with one more LoRA on the stack; this one (and its weights) is unchanged."""
-        entry = LoRAEntry(name=name, file=read_lora_file(path), strength=float(strength), targets=targets)
+        entry = LoRAEntry(name=name, file=read_lora_file(path), strength=validate_strength(strength), targets=targets)
         loras = self.loras + (entry,)
         shapes = {part: {k: (v.shape, v.dtype) for k, v in self.base_parts[part].model.state_dict().items()}
                   for part in ("dit", "text")}
         stacks = self._stacks(loras, shapes)
         parts = dict(self.base_parts)
         for part in ("dit", "text"):
-            patches = {key: _StackPatch(adapters, strengths, shapes[part][key][1])
-                       for key, (adapters, strengths) in stacks[part].items()}
+            patches = {key: _StackPatch(adapters, strengths, shapes[part][key][1], names)
+                       for key, (adapters, strengths, names) in stacks[part].items()}
             if patches:
                 parts[part] = self.base_parts[part].clone()
                 parts[part].add_patches({key: patch for key, patch in patches.items()})
         return SA3Model(core=self.core, name=self.name, parts=parts, base_parts=self.base_parts, loras=loras)
 
     @staticmethod
-    def _stacks(loras: tuple[LoRAEntry, ...], shapes) -> dict[str, dict[str, tuple[list[Adapter], list[float]]]]:
+    def _stacks(loras: tuple[LoRAEntry, ...], shapes) -> dict[str, dict[str, tuple[list[Adapter], list[float], list[str]]]]:
         """Per part, per weight key: the adapters of every LoRA that adapts it, in chain order, with
-        strengths. Raises (naming the file) when a LoRA module matches no weight of this model."""
-        stacks: dict[str, dict[str, tuple[list[Adapter], list[float]]]] = {"dit": {}, "text": {}}
+        strengths and LoRA names. Raises (naming the file) when a LoRA module matches no weight of this model."""
+        stacks: dict[str, dict[str, tuple[list[Adapter], list[float], list[str]]]] = {"dit": {}, "text": {}}
         for entry in loras:
             unmatched = []
             for module_name, adapter in entry.file.adapters.items():
@@ -193,10 +204,11 @@ class SA3Model:
                 if key not in shapes[part]:
                     unmatched.append(module_name)
                     continue
-                adapter.check_fits(shapes[part][key][0], f"{entry.file.path}: {module_name}")
-                adapters, strengths = stacks[part].setdefault(key, ([], []))
+                adapter.check_fits(shapes[part][key][0], f"LoRA {entry.name}: {module_name}")
+                adapters, strengths, names = stacks[part].setdefault(key, ([], [], []))
                 adapters.append(adapter)
                 strengths.append(entry.strength_for(target))
+                names.append(entry.name)
             if unmatched:
                 shown = ", ".join(unmatched[:5]) + (", ..." if len(unmatched) > 5 else "")
                 raise ValueError(f"LoRA {entry.name}: {len(unmatched)} module(s) match no weight of this model "

@@ -1,45 +1,69 @@
 """Text widgets -> values: per-item prompt lists, duration lists, inpaint regions.
 
-Pure functions with no ComfyUI import, so they can be reasoned about (and tested) on their own. Every
-error is a ValueError whose message names the widget and says what was expected, because ComfyUI shows
-the message as is on the node.
+Pure functions with no import outside the standard library (not even of the pack), so they can be reasoned
+about and tested on their own; the limits that come from the model (batch size, prompt length) are passed in
+by the nodes, from sa3_core. Every error is a ValueError whose message names the widget and says what was
+expected, because ComfyUI shows the message as is on the node.
+
+Some of these run inside ComfyUI's queue-time ``validate_inputs``, i.e. in the server's request handler, where
+a slow parse would hold up every other request. So every parser checks the text's length first, before any
+other work, and then reads it in one pass: no regular expressions, whose backtracking can take time growing
+with the square of the length.
 """
 
 from __future__ import annotations
 
 import math
-import re
 
 ITEM_SEPARATOR = "---"
 """A line holding only this splits a prompt widget into one prompt per batch item."""
 
-_NUMBER = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
-_REGION = re.compile(rf"^\s*({_NUMBER})\s*s?\s*(?:-|–|to)\s*({_NUMBER})\s*s?\s*$")
-_LIST_SPLIT = re.compile(r"[,;\n]+")
+MAX_LIST_CHARS = 4096
+"""The longest regions or per-item durations text. Far more than any real list needs (64 durations such as
+'119.5' take about 450 characters), and short enough that reading it is instant."""
+
+_LIST_SEPARATORS = (";", "\n")  # read as commas
+_RANGE_WORDS = ("to", "–")  # between a region's bounds, besides a dash
+_NUMBER_START = frozenset("0123456789.")
+_NUMBER_CHARS = frozenset("0123456789.eE+-")
+_EXAMPLE_REGIONS = "write start-end in seconds, e.g. '0.5-1.0, 2.5-3.5'"
 
 
-def split_items(text: str) -> list[str]:
-    """``"a\\n---\\nb"`` -> ``["a", "b"]``; text without a separator line is one item (kept verbatim,
-    minus surrounding whitespace). Items are stripped; an item may be empty (an empty prompt)."""
+def check_text(text: object, name: str, max_chars: int) -> str:
+    """``text`` itself when it is a string of at most ``max_chars`` characters (checked before any parsing)."""
     if not isinstance(text, str):
-        raise ValueError(f"expected text, got {type(text).__name__}")
+        raise ValueError(f"{name}: expected text, got {type(text).__name__}")
+    if len(text) > max_chars:
+        raise ValueError(f"{name}: {len(text)} characters, more than the {max_chars} allowed")
+    return text
+
+
+def split_items(text: str, name: str, *, max_chars: int, max_items: int) -> list[str]:
+    """``"a\\n---\\nb"`` -> ``["a", "b"]``; text without a separator line is one item (kept verbatim,
+    minus surrounding whitespace). Items are stripped; an item may be empty (an empty prompt). At most
+    ``max_chars`` characters and ``max_items`` items."""
+    check_text(text, name, max_chars)
     items: list[list[str]] = [[]]
     for line in text.splitlines():
         if line.strip() == ITEM_SEPARATOR:
             items.append([])
         else:
             items[-1].append(line)
+    if len(items) > max_items:
+        raise ValueError(f"{name}: {len(items)} items (prompts separated by '{ITEM_SEPARATOR}'), more than the "
+                         f"{max_items} a batch can hold")
     return ["\n".join(lines).strip() for lines in items]
 
 
-def per_item_prompts(prompt: str, negative_prompt: str) -> tuple[list[str], list[str] | None]:
+def per_item_prompts(prompt: str, negative_prompt: str, *, max_chars: int,
+                     max_items: int) -> tuple[list[str], list[str] | None]:
     """The prompt widget's items, and the negative prompt's: ``None`` when the negative widget is empty
     (no negative conditioning, the official default), else one negative shared by every item or one per
-    item."""
-    prompts = split_items(prompt)
-    if not negative_prompt.strip():
+    item. Each widget holds at most ``max_chars`` characters and ``max_items`` items."""
+    prompts = split_items(prompt, "prompt", max_chars=max_chars, max_items=max_items)
+    negatives = split_items(negative_prompt, "negative_prompt", max_chars=max_chars, max_items=max_items)
+    if negatives == [""]:
         return prompts, None
-    negatives = split_items(negative_prompt)
     if len(negatives) == 1:
         return prompts, negatives * len(prompts)
     if len(negatives) != len(prompts):
@@ -50,13 +74,19 @@ def per_item_prompts(prompt: str, negative_prompt: str) -> tuple[list[str], list
     return prompts, negatives
 
 
+def _list_parts(text: str) -> list[str]:
+    """The non-empty, stripped parts of a list separated by commas, semicolons or new lines."""
+    for separator in _LIST_SEPARATORS:
+        text = text.replace(separator, ",")
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def parse_number_list(text: str, name: str) -> list[float]:
-    """``"3, 2.5; 4"`` -> ``[3.0, 2.5, 4.0]`` (commas, semicolons or new lines between numbers)."""
+    """``"3, 2.5; 4"`` -> ``[3.0, 2.5, 4.0]`` (commas, semicolons or new lines between numbers; an ``s``
+    after a number is allowed). At most :data:`MAX_LIST_CHARS` characters."""
     values = []
-    for part in _LIST_SPLIT.split(text.strip()):
-        part = part.strip().removesuffix("s").strip()
-        if not part:
-            continue
+    for part in _list_parts(check_text(text, name, MAX_LIST_CHARS)):
+        part = part.removesuffix("s").strip()
         try:
             value = float(part)
         except ValueError:
@@ -70,9 +100,9 @@ def parse_number_list(text: str, name: str) -> list[float]:
 def item_durations(duration: float, per_item_durations: str, items: int) -> list[float]:
     """One duration per item: the ``per_item_durations`` list when given (it must have one value per
     item, or a single value for all), else ``duration`` for every item."""
-    if not per_item_durations.strip():
-        return [float(duration)] * items
     values = parse_number_list(per_item_durations, "per_item_durations")
+    if not values:
+        return [float(duration)] * items
     if len(values) == 1:
         return values * items
     if len(values) != items:
@@ -80,22 +110,48 @@ def item_durations(duration: float, per_item_durations: str, items: int) -> list
     return values
 
 
+def _seconds(text: str) -> float | None:
+    """A plain non-negative decimal number of seconds ('2', '0.5', '.5', '3.', '1e-3', optionally followed
+    by 's'), else None. Signs, words and underscores, which ``float`` would take ('inf', '1_0'), are not."""
+    text = text.strip().removesuffix("s").strip()
+    if not text or text[0] not in _NUMBER_START or not set(text) <= _NUMBER_CHARS:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _split_range(text: str) -> tuple[str, str] | None:
+    """``"0.5-1.0"`` / ``"0.5 to 1"`` / ``"0.5–1"`` -> the two bounds' texts, or None without a range mark.
+    A dash right after ``e`` belongs to an exponent (``1e-3``), not to the range."""
+    for word in _RANGE_WORDS:
+        if word in text:
+            start, _, end = text.partition(word)
+            return start, end
+    for i in range(1, len(text)):
+        if text[i] == "-" and text[i - 1] not in "eE":
+            return text[:i], text[i + 1:]
+    return None
+
+
 def parse_regions(text: str) -> list[tuple[float, float]]:
     """``"0.5-1.0, 2.5-3.5"`` -> ``[(0.5, 1.0), (2.5, 3.5)]`` (seconds; ``to`` or a dash between bounds).
+    At most :data:`MAX_LIST_CHARS` characters.
 
     Only the syntax is checked here; the order of the bounds and the duration are checked by
     ``sa3_core.masks.validate_regions``, whose messages say which region is wrong.
     """
     regions = []
-    for part in _LIST_SPLIT.split(text.strip()):
-        if not part.strip():
-            continue
-        match = _REGION.match(part)
-        if match is None:
-            raise ValueError(f"regions: cannot read {part.strip()!r}; write start-end in seconds, e.g. '0.5-1.0, 2.5-3.5'")
-        regions.append((float(match[1]), float(match[2])))
+    for part in _list_parts(check_text(text, "regions", MAX_LIST_CHARS)):
+        bounds = _split_range(part)
+        start, end = (None, None) if bounds is None else (_seconds(bounds[0]), _seconds(bounds[1]))
+        if start is None or end is None:
+            raise ValueError(f"regions: cannot read {part!r}; {_EXAMPLE_REGIONS}")
+        regions.append((start, end))
     if not regions:
-        raise ValueError("regions: no region given; write start-end in seconds, e.g. '0.5-1.0, 2.5-3.5'")
+        raise ValueError(f"regions: no region given; {_EXAMPLE_REGIONS}")
     return regions
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..sa3_core.masks import finite_number
 from ..sa3_core.pipeline import MAX_SEED, PromptConditioning, Window
 from ..sa3_core.sampling import SAMPLERS, GuidanceOptions
 from .common import (
@@ -97,6 +98,9 @@ class SA3RFSampler(io.ComfyNode):
                 apg_scale: float = 1.0, sampler: str = AUTO, shift: float = 0.0) -> io.NodeOutput:
         info = sa3_info(latent, "Sampler")
         choose("sampler", sampler, SAMPLER_CHOICES)
+        # ComfyUI's min/max checks let NaN through, and `cfg or default` would keep it.
+        cfg, apg_scale, shift = (finite_number(value, name) for value, name in
+                                 ((cfg, "cfg"), (apg_scale, "apg_scale"), (shift, "shift")))
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
         core = model.core

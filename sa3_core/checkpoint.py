@@ -104,7 +104,11 @@ class SafetensorsFile:
         return self._file.metadata() or {}
 
     def read(self, key: str) -> torch.Tensor:
-        return self._file.get_tensor(key)
+        """One tensor; a floating-point one must be finite (NaN weights only ever produce noise)."""
+        tensor = self._file.get_tensor(key)
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{self.path}: tensor {key} holds NaN or infinite values; the file is damaged")
+        return tensor
 
 
 class _DictSource:

@@ -69,14 +69,17 @@ from __future__ import annotations
 import json
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from itertools import product
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
+
+from .masks import finite_number
 
 ADAPTER_TYPES = ("lora", "dora-rows", "dora-cols", "bora", "lora-xs", "dora-rows-xs", "dora-cols-xs", "bora-xs")
 DORA_MODES = ("linear", "official")
@@ -104,6 +107,11 @@ GATED_TARGET = "dit"
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _KEY = re.compile(r"^(?P<module>.+)\.parametrizations\.weight\.(?P<index>\d+)\.(?P<tensor>[A-Za-z_]+)$")
 _NORM_EPS = 1e-12  # added to row/column norms, as the official code does
+
+MAX_MERGED_WEIGHT = torch.finfo(torch.float16).max
+"""The largest magnitude a weight may have after LoRAs are merged: float16's range, the dtype the official
+code runs SA3 in on CUDA. A merged weight beyond it cannot work there, and is garbage on any device (trained
+weights are of order 1); a LoRA with an absurd alpha or strength gets here."""
 
 
 class LoRAError(ValueError):
@@ -255,18 +263,31 @@ def effective_weight(
     strengths: Sequence[float],
     *,
     dora_mode: str = "linear",
+    name: str = "weight",
 ) -> Tensor:
     """The weight after a stack of adapters, applied in order: p_N(...p_1(p_0(W))).
 
     -XS adapters without bases get them from ``base_weight`` (as the official code: always the base,
     never the previous adapter's output). Returns ``base_weight`` itself when every strength is 0.
+    Raises :class:`LoRAError` (naming ``name``: the weight and its LoRAs) when the result is NaN or outside
+    :data:`MAX_MERGED_WEIGHT`, e.g. from a huge alpha or strength.
     """
     if len(adapters) != len(strengths):
         raise LoRAError(f"{len(adapters)} adapters but {len(strengths)} strengths")
     weight = base_weight
     for adapter, strength in zip(adapters, strengths):
         weight = apply_adapter(weight, adapter.with_xs_bases(base_weight), strength, dora_mode=dora_mode)
+    if weight is not base_weight and not weight.abs().amax() <= MAX_MERGED_WEIGHT:  # False for NaN too
+        scalings = ", ".join(f"{a.scaling:g}" for a in adapters)
+        raise LoRAError(f"{name}: the LoRA makes this weight NaN or larger than {MAX_MERGED_WEIGHT:g} (alpha/rank "
+                        f"{scalings}, strength {', '.join(f'{s:g}' for s in strengths)}); the LoRA file is broken "
+                        "or the strength far too large")
     return weight
+
+
+def validate_strength(strength: object) -> float:
+    """A LoRA strength: any finite number (0 disables, above 1 amplifies, negative subtracts)."""
+    return finite_number(strength, "strength", LoRAError)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -475,6 +496,8 @@ def read_lora_file(path: str | Path, roots: Mapping[str, str] = DEFAULT_ROOTS) -
             raise LoRAError(f"{path}: {key!r} uses parametrization index {match['index']}; LoRA files use index 0")
         if not tensor.is_floating_point():
             raise LoRAError(f"{path}: {key!r} has dtype {tensor.dtype}, expected a floating point tensor")
+        if not torch.isfinite(tensor).all():
+            raise LoRAError(f"{path}: {key!r} holds NaN or infinite values; the LoRA file is broken")
         module_name_to_target(match["module"], roots)  # raises for keys outside the DiT and conditioner
         grouped.setdefault(match["module"], {})[match["tensor"]] = tensor.float()
 
@@ -648,13 +671,15 @@ class LoRAStack:
         # Everything checked: attach (the -XS SVDs run here, still without touching the model).
         prepared = [(slot, index, adapter.to(slot.original.device).with_xs_bases(slot.original))
                     for slot, index, adapter in additions]
-        self._slots.update(new_slots)
-        for slot, index, adapter in prepared:
-            slot.adapters.append((index, adapter))
-        for lora in parsed:
-            self._files.append(lora)
-            self._strengths.append({target: 1.0 for target in self.targets})
-        self._refresh({id(slot): slot for slot, _, _ in prepared}.values())
+        affected = list({id(slot): slot for slot, _, _ in prepared}.values())
+        with self._all_or_nothing(affected):  # the merged weights are checked finite while applied
+            self._slots.update(new_slots)
+            for slot, index, adapter in prepared:
+                slot.adapters.append((index, adapter))
+            for lora in parsed:
+                self._files.append(lora)
+                self._strengths.append({target: 1.0 for target in self.targets})
+            self._refresh(affected)
         return [lora.name for lora in parsed]
 
     def _new_slot(self, target: str, path: str, lora: LoRAFile, unmatched: list[str]) -> _Slot | None:
@@ -679,8 +704,7 @@ class LoRAStack:
 
         0 disables a LoRA without unloading it; > 1 amplifies; negative values subtract.
         """
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
-            raise LoRAError(f"strength must be a finite number, got {strength!r}")
+        strength = validate_strength(strength)
         if lora_index is not None:
             self._check_index(lora_index)
         if target is not None:
@@ -689,18 +713,20 @@ class LoRAStack:
         targets = list(self.targets) if target is None else [target]
         affected = [s for s in self._slots.values() if s.target in targets and any(i in indices for i, _ in s.adapters)]
         self._check_untouched(affected)
-        for i in indices:
-            for t in targets:
-                self._strengths[i][t] = float(strength)
-        self._refresh(affected)
+        with self._all_or_nothing(affected):
+            for i in indices:
+                for t in targets:
+                    self._strengths[i][t] = strength
+            self._refresh(affected)
 
     def set_dora_mode(self, dora_mode: str) -> None:
         """Switch the strength response of DoRA/BoRA adapters ("linear" or "official")."""
         _check_dora_mode(dora_mode)
         affected = [s for s in self._slots.values() if any(a.normalizes for _, a in s.adapters)]
         self._check_untouched(affected)
-        self._dora_mode = dora_mode
-        self._refresh(affected)
+        with self._all_or_nothing(affected):
+            self._dora_mode = dora_mode
+            self._refresh(affected)
 
     def gate(self, t: float | Tensor, gates: Sequence[LoRAGate]) -> None:
         """Per-step gating of the DiT's LoRAs at diffusion time ``t`` (call before each DiT forward).
@@ -738,8 +764,9 @@ class LoRAStack:
         changed = disabled ^ self._disabled
         affected = [s for s in self._slots.values() if any((i, s.target, s.path) in changed for i, _ in s.adapters)]
         self._check_untouched(affected)
-        self._disabled = disabled
-        self._refresh(affected)
+        with self._all_or_nothing(affected):
+            self._disabled = disabled
+            self._refresh(affected)
 
     # -- effective weights and unloading ------------------------------------------------------------
 
@@ -749,7 +776,9 @@ class LoRAStack:
             adapters.append(adapter)
             enabled = (i, slot.target, slot.path) not in self._disabled
             strengths.append(self._strengths[i][slot.target] if enabled else 0.0)
-        return effective_weight(slot.original, adapters, strengths, dora_mode=self._dora_mode)
+        loras = ", ".join(self._files[i].name for i, _ in slot.adapters)
+        return effective_weight(slot.original, adapters, strengths, dora_mode=self._dora_mode,
+                                name=f"{slot.target} {slot.param_name} (LoRA {loras})")
 
     def effective_weights(self, target: str | None = None) -> dict[tuple[str, str], Tensor]:
         """{(target, parameter name): effective weight} for every adapted weight, at the current
@@ -770,6 +799,23 @@ class LoRAStack:
         self._strengths.clear()
         self._slots.clear()
         self._disabled.clear()
+
+    @contextmanager
+    def _all_or_nothing(self, slots: list[_Slot]) -> Iterator[None]:
+        """Undo every change the block made when it raises a LoRAError (a merged weight that is not finite):
+        the stack's state comes back, and so do the weights of ``slots`` (the ones the block may touch)."""
+        files, strengths = list(self._files), [dict(s) for s in self._strengths]
+        dora_mode, disabled, known = self._dora_mode, set(self._disabled), dict(self._slots)
+        adapters = {id(slot): list(slot.adapters) for slot in slots}
+        try:
+            yield
+        except LoRAError:
+            self._files, self._strengths, self._dora_mode = files, strengths, dora_mode
+            self._disabled, self._slots = disabled, known
+            for slot in slots:
+                slot.adapters = adapters[id(slot)]
+            self._refresh(slots)  # the weights of the restored state, which were finite
+            raise
 
     def _refresh(self, slots: Iterable[_Slot]) -> None:
         if not self.apply_to_model:

@@ -18,6 +18,7 @@ Inpaint masks use the official convention: **1 = keep the given audio, 0 = gener
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Literal, Sequence, TypeVar
 
 import torch
@@ -186,6 +187,8 @@ def inpaint_mask_samples(
     else:
         assert mask is not None
         rows = mask.to(device=device, dtype=torch.float32)
+        if not torch.isfinite(rows).all():
+            raise ValueError("inpaint mask contains NaN or infinite values (expected 1 = keep, 0 = generate)")
         if rows.ndim == 1:
             rows = rows[None]
         if rows.ndim != 2 or rows.shape[0] not in (1, batch_size):
@@ -231,6 +234,45 @@ def inpaint_mask(
 # ---------------------------------------------------------------------------------------------------
 # Request validation (raise before any work is done)
 # ---------------------------------------------------------------------------------------------------
+
+
+MAX_BATCH = 64
+"""The most items one generation takes, however the batch is formed (``batch_size``, prompt or duration
+lists, ``conditioning`` dicts, ``---``-separated prompts in the nodes). Every item costs memory in every
+stage, so an unbounded batch is an unbounded allocation."""
+
+SAMPLE_RATE_RANGE = (1_000, 384_000)
+"""Sample rates (Hz) accepted for input audio: telephone-grade to the highest studio rate. Outside this a
+header is broken or the file is not audio, and resampling it would only waste time."""
+
+
+def finite_number(value: object, name: str, error: type[ValueError] = ValueError) -> float:
+    """``value`` as a float when it is a finite real number; ``error(...)`` naming ``name`` otherwise.
+
+    NaN passes every ``<``/``>`` range check (ComfyUI's widget min/max included) and ``x or default`` keeps
+    it, so every float that enters a generation comes through here first."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise error(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def validate_batch_size(size: object, name: str = "batch_size") -> int:
+    """A batch of ``size`` items: an integer in [1, :data:`MAX_BATCH`]."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {size!r}")
+    if size > MAX_BATCH:
+        raise ValueError(f"{name}: {size} items, more than the {MAX_BATCH} one generation takes")
+    return size
+
+
+def validate_sample_rate(rate: object, name: str = "audio") -> int:
+    """An input sample rate: an integer number of Hz within :data:`SAMPLE_RATE_RANGE`."""
+    low, high = SAMPLE_RATE_RANGE
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or rate <= 0:
+        raise ValueError(f"{name}: sample rate must be a positive integer, got {rate!r}")
+    if not low <= rate <= high:
+        raise ValueError(f"{name}: sample rate {rate} Hz is outside {low}..{high} Hz; is the file's header right?")
+    return int(rate)
 
 
 def per_item(value: T | Sequence[T], batch_size: int, name: str) -> list[T]:

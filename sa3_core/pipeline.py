@@ -21,13 +21,13 @@ before any sampling, and a batch of different durations comes back as one tensor
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import torchaudio.functional as AF
 
 from . import masks
 from .checkpoint import SA3Components, load_components
@@ -35,6 +35,7 @@ from .config import ModelConfig
 from .dit import DiTBlock
 from .lora import LoRAStack
 from .precision import component_dtypes
+from .resample import input_samples_needed, resample
 from .sampling import (
     DiTConditioning,
     DistributionShift,
@@ -54,6 +55,13 @@ AudioInput = tuple[int, torch.Tensor]
 """``(sample_rate, audio)``; audio is (T,), (C, T) or (1, C, T) float samples."""
 
 MAX_SEED = 2**63 - 1
+
+MAX_PROMPT_CHARS = 1 << 18
+"""The longest prompt text accepted (256 Ki characters). The encoder reads 256 tokens, a few thousand
+characters at most; the cap only bounds the tokenizer's work on text far past that (longer prompts are
+read up to their 256th token, with a warning)."""
+
+logger = logging.getLogger(__name__)
 
 
 def default_device() -> torch.device:
@@ -217,11 +225,12 @@ class StableAudioModel:
     def plan_window(self, durations: Sequence[float], padding_sec: float = 6.0,
                     sample_size: int | None = None) -> Window:
         """The latent window for a batch with these per-item durations (validated)."""
-        durations = tuple(float(d) for d in durations)
         if not durations:
             raise ValueError("a batch needs at least one item")
+        masks.validate_batch_size(len(durations), "batch")
+        durations = tuple(float(d) for d in durations)
         masks.validate_durations(durations, self.max_seconds)
-        if not (isinstance(padding_sec, (int, float)) and padding_sec >= 0):
+        if masks.finite_number(padding_sec, "duration_padding_sec") < 0:
             raise ValueError(f"duration_padding_sec must be >= 0, got {padding_sec!r}")
         cap = self.config.sample_size if sample_size is None else int(sample_size)
         ratio = self.downsampling_ratio
@@ -248,6 +257,7 @@ class StableAudioModel:
         """Prompt + ``seconds_total`` conditioning per item; the negative side only when given."""
         if self.text_encoder is None:
             raise ValueError("this model was loaded without a T5Gemma text encoder; pass text_encoder_path")
+        masks.validate_batch_size(len(prompts), "prompts")
         if len(prompts) != len(durations):
             raise ValueError(f"{len(prompts)} prompts for {len(durations)} durations")
         if negative_prompts is not None and len(negative_prompts) != len(prompts):
@@ -271,14 +281,19 @@ class StableAudioModel:
     # -- stage 4: audio inputs ------------------------------------------------------------------------
 
     def prepare_audio(self, audio: AudioInput, window: Window, name: str = "audio") -> torch.Tensor:
-        """``(sr, audio)`` -> (1, 2, window samples) float32 on the device: resampled to 44.1 kHz with
-        torchaudio, cut or zero-padded to the window, mono duplicated to stereo, extra channels dropped
-        (the official ``prepare_audio``)."""
+        """``(sr, audio)`` -> (1, C, window samples) float32 on the device, as the official ``prepare_audio``:
+        resampled to the model's rate (torchaudio's interpolation, :mod:`sa3_core.resample`), cut or
+        zero-padded to the window, and made the model's channel count: mono duplicated to stereo, the first
+        two channels of a multichannel clip kept (front left and right in WAV/FLAC order; a warning says
+        so), everything averaged for a mono model.
+
+        Channels are chosen and the clip is cut to what the window needs before resampling (resampling
+        works per channel and each output sample only depends on nearby input, so the result is the same),
+        so the cost depends on the window, not on the clip's length or channel count."""
         if not (isinstance(audio, (tuple, list)) and len(audio) == 2):
             raise ValueError(f"{name} must be a (sample_rate, tensor) pair")
         sample_rate, samples = audio
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
-            raise ValueError(f"{name}: sample rate must be a positive integer, got {sample_rate!r}")
+        sample_rate = masks.validate_sample_rate(sample_rate, name)
         samples = torch.as_tensor(samples)
         if samples.ndim == 3 and samples.shape[0] == 1:
             samples = samples[0]
@@ -288,16 +303,28 @@ class StableAudioModel:
             raise ValueError(f"{name}: expected (samples,), (channels, samples) or (1, channels, samples), "
                              f"got shape {tuple(samples.shape)}")
         masks.validate_audio(samples, name)
-        samples = samples.to(device=self.device, dtype=torch.float32)
+        samples = self._model_channels(samples, name)
+        needed = window.audio_samples
         if sample_rate != self.sample_rate:
-            samples = AF.resample(samples, sample_rate, self.sample_rate)
+            needed = input_samples_needed(window.audio_samples, sample_rate, self.sample_rate)
+        samples = samples[:, :needed].to(device=self.device, dtype=torch.float32)
+        samples = resample(samples, sample_rate, self.sample_rate)
         fitted = samples.new_zeros(samples.shape[0], window.audio_samples)
         length = min(samples.shape[-1], window.audio_samples)
         fitted[:, :length] = samples[:, :length]
+        return fitted[None]
+
+    def _model_channels(self, samples: torch.Tensor, name: str) -> torch.Tensor:
+        """(C, T) -> the autoencoder's channel count, the official way (``set_audio_channels``)."""
         channels = self.autoencoder.audio_channels
-        if fitted.shape[0] == 1 and channels == 2:
-            fitted = fitted.repeat(2, 1)
-        return fitted[:channels][None]
+        if channels == 1:
+            return samples.mean(0, keepdim=True)
+        if samples.shape[0] == 1:
+            return samples.repeat(channels, 1)
+        if samples.shape[0] > channels:
+            logger.warning("%s has %d channels; using the first %d (front left and right), as the official "
+                           "code does", name, samples.shape[0], channels)
+        return samples[:channels]
 
     @torch.inference_mode()
     def encode_audio(self, audio: AudioInput, window: Window, name: str = "audio") -> torch.Tensor:
@@ -400,6 +427,7 @@ class StableAudioModel:
         """Run the sampler from ``noise`` (mixed with ``init_latents`` at ``init_noise_level`` for
         audio-to-audio) and return the clean latents, float32."""
         masks.validate_steps(steps)
+        _refuse_non_finite_inputs(conditioning, init_latents)
         sigma_max = 1.0
         x = noise.to(self.dtype)
         if init_latents is not None:
@@ -412,6 +440,12 @@ class StableAudioModel:
         with self.dit.reuse_step_constants():
             latents = sample(model_fn, x, schedule, sampler=sampler or self.default_sampler, callback=callback,
                              generator=generator)
+        if not torch.isfinite(latents).all():
+            raise ValueError(
+                "sampling produced NaN or infinite latents, so the audio would be noise or full-scale clipping. "
+                "Likely causes: extreme settings (cfg_scale, apg_scale, cfg_norm_threshold, scale_phi, the "
+                "distribution shift / sampler shift), or DiT weights that are broken or pushed out of range by a "
+                "LoRA (its alpha or strength)")
         return latents.float()
 
     # -- stage 6: decoding ----------------------------------------------------------------------------
@@ -429,9 +463,16 @@ class StableAudioModel:
         """Latents (B, 256, L) -> audio (B, 2, samples) float32: SAME decode (chunked by default as the
         config says, bounded memory), zeros past each item's valid latents, then the peak policy."""
         chunked = self.config.autoencoder.chunked if chunked is None else chunked
+        if not torch.isfinite(latents).all():
+            raise ValueError("the latents to decode hold NaN or infinite values (the sampler's settings, the "
+                             "model's weights or a LoRA produced them)")
         audio = self.autoencoder.decode_audio(latents.to(self._autoencoder_dtype()), chunked=chunked,
                                               progress=progress)
         audio = masks.zero_padding(audio, window.padding_mask(audio.device), self.downsampling_ratio)
+        # Checked before the peak policy: clamping would turn infinities into full-scale samples.
+        if not torch.isfinite(audio).all():
+            raise ValueError("decoding produced NaN or infinite audio from finite latents: the autoencoder's "
+                             "weights are broken, or it ran in a dtype too narrow for these latents")
         return masks.apply_peak_policy(audio, peak)
 
     def _autoencoder_dtype(self) -> torch.dtype:
@@ -502,8 +543,7 @@ class StableAudioModel:
         # 1. Validate the whole request before any work.
         if prompt is None:
             raise ValueError("prompt is required")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        masks.validate_batch_size(batch_size)
         prompts = masks.per_item(prompt, batch_size, "prompt")
         negatives = None if negative_prompt is None else masks.per_item(negative_prompt, batch_size, "negative_prompt")
         durations = masks.per_item(duration, batch_size, "duration")
@@ -521,6 +561,8 @@ class StableAudioModel:
             inpaint_mask = None  # the official precedence: seconds win over a prebuilt mask
         guidance = GuidanceOptions(cfg_scale=cfg_scale, apg_scale=apg_scale, cfg_interval=tuple(cfg_interval),
                                    cfg_norm_threshold=cfg_norm_threshold, scale_phi=scale_phi)
+        if isinstance(dist_shift, Mapping):
+            dist_shift = shift_from_options(dist_shift)  # checks its settings now, before any work
         # Checks every region and audio input (raises here, before sampling).
         local_add_cond = self._build_inpaint(window, inpaint_audio, regions, inpaint_mask)
         init_latents = self.encode_audio(init_audio, window, "init_audio") if init_audio is not None else None
@@ -665,9 +707,34 @@ def _from_conditioning_dicts(dicts: Sequence[Mapping[str, Any]], name: str) -> t
 
 
 def validate_prompts(values: Sequence[object], name: str) -> None:
+    """Every prompt must be text the tokenizer can read: a string of valid Unicode (no lone UTF-16
+    surrogate, which JSON's ``\\ud800`` escapes can produce and the tokenizer refuses with a raw TypeError)
+    of at most :data:`MAX_PROMPT_CHARS` characters."""
     for i, value in enumerate(values):
         if not isinstance(value, str):
             raise ValueError(f"{name}[{i}] must be a string, got {type(value).__name__}")
+        if len(value) > MAX_PROMPT_CHARS:
+            raise ValueError(f"{name}[{i}] has {len(value)} characters, more than the {MAX_PROMPT_CHARS} allowed "
+                             "(the text encoder reads only the first 256 tokens anyway)")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{name}[{i}] is not valid text: character {exc.start} is a lone UTF-16 surrogate "
+                             f"(U+{ord(value[exc.start]):04X}); remove it or replace it with the intended character") from None
+
+
+def _refuse_non_finite_inputs(conditioning: DiTConditioning, init_latents: torch.Tensor | None) -> None:
+    """NaN in the sampler's inputs makes every step NaN: say where it came from before sampling."""
+    named = {"the prompt conditioning": conditioning.cross_attn_cond, "the duration conditioning": conditioning.global_cond,
+             "the negative prompt conditioning": conditioning.negative_cross_attn_cond}
+    for what, tensor in named.items():
+        if tensor is not None and not torch.isfinite(tensor).all():
+            raise ValueError(f"{what} holds NaN or infinite values: the text encoder's or the conditioners' "
+                             "weights are broken, or a LoRA on the conditioner pushed them out of range")
+    for what, tensor in {"the inpaint / continuation input": conditioning.local_add_cond,
+                         "the init audio's encoding": init_latents}.items():
+        if tensor is not None and not torch.isfinite(tensor).all():
+            raise ValueError(f"{what} holds NaN or infinite values: the autoencoder's weights are broken")
 
 
 def _regions_from_seconds(starts: float | Sequence[float] | None,

@@ -18,11 +18,13 @@ float64 is never used (MPS has none).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .masks import finite_number
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``model_fn(x (B, C, L), t (B,)) -> v (B, C, L)``."""
@@ -52,6 +54,14 @@ class DistributionShift(Protocol):
     def __call__(self, t: torch.Tensor, seq_len: torch.Tensor) -> torch.Tensor: ...
 
 
+def _check_finite_fields(shift: object) -> None:
+    """Every number of a shift's settings must be finite (a NaN here makes every timestep NaN)."""
+    for f in fields(shift):  # type: ignore[arg-type]
+        value = getattr(shift, f.name)
+        if not isinstance(value, bool):
+            finite_number(value, f"distribution shift {f.name}")
+
+
 @dataclass(frozen=True)
 class LogSNRShift:
     """Uniform steps in log-SNR: ``t' = sigmoid(-(end - t * (end - start)))``.
@@ -67,6 +77,9 @@ class LogSNRShift:
     anchor_logsnr: float = -6.2
     rate: float = 1.0
     logsnr_end: float = 2.0
+
+    def __post_init__(self) -> None:
+        _check_finite_fields(self)
 
     def __call__(self, t: torch.Tensor, seq_len: torch.Tensor) -> torch.Tensor:
         start = self.anchor_logsnr - self.rate * torch.log2(seq_len.float() / self.anchor_length)
@@ -88,6 +101,9 @@ class FluxShift:
     max_length: float = 4096
     alpha_min: float = 1.0
     alpha_max: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_finite_fields(self)
 
     def alpha(self, seq_len: torch.Tensor) -> torch.Tensor:
         log_min, log_max = math.log(self.min_length), math.log(self.max_length)
@@ -120,6 +136,9 @@ class FullShift:
     max_length: float = 4096
     min_length: float = 256
     use_sine: bool = False
+
+    def __post_init__(self) -> None:
+        _check_finite_fields(self)
 
     def __call__(self, t: torch.Tensor, seq_len: torch.Tensor) -> torch.Tensor:
         length = seq_len.float().clamp(self.min_length, self.max_length)[:, None]
@@ -392,6 +411,15 @@ class GuidanceOptions:
     cfg_interval: tuple[float, float] = (0.0, 1.0)
     cfg_norm_threshold: float = 0.0
     scale_phi: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("cfg_scale", "apg_scale", "cfg_norm_threshold", "scale_phi"):
+            finite_number(getattr(self, name), name)
+        interval = self.cfg_interval
+        if not (isinstance(interval, (tuple, list)) and len(interval) == 2):
+            raise ValueError(f"cfg_interval must be a (low, high) pair, got {interval!r}")
+        for bound in interval:
+            finite_number(bound, "cfg_interval")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ Nothing here touches the network: transformers is always called with ``local_fil
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from .config import ConditioningConfig
 from .layers import ExpoFourierFeatures
 
 Operations = Any  # a namespace with a Linear class: torch.nn or comfy.ops.*
+
+logger = logging.getLogger(__name__)
 
 
 class TextEncoderError(ValueError):
@@ -160,6 +163,7 @@ class T5GemmaTextEncoder:
         except (OSError, ValueError, RuntimeError) as exc:
             raise TextEncoderError(f"{folder}: cannot load the T5Gemma encoder weights ({exc})") from None
         _raise_on_incomplete_load(info, str(folder))
+        _raise_on_non_finite(model, str(folder))
         return cls(model.to(device), tokenizer, max_length=max_length, cache_size=cache_size)
 
     @classmethod
@@ -216,10 +220,21 @@ class T5GemmaTextEncoder:
     # -- encoding ----------------------------------------------------------------------------------
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and attention mask (B, max_length), padded and truncated as the official code does."""
+        """Token ids and attention mask (B, max_length), padded and truncated as the official code does.
+
+        A prompt longer than ``max_length`` tokens is cut silently by the tokenizer; a warning says so (the
+        length is counted again only for prompts that fill every position, the only ones that can be cut)."""
         encoded = self.tokenizer(list(prompts), truncation=True, max_length=self.max_length,
                                  padding="max_length", return_tensors="pt")
-        return encoded["input_ids"], encoded["attention_mask"].to(torch.bool)
+        mask = encoded["attention_mask"].to(torch.bool)
+        for prompt, row in zip(prompts, mask):
+            if row.all():
+                tokens = len(self.tokenizer(prompt, truncation=False)["input_ids"])
+                if tokens > self.max_length:
+                    logger.warning("a prompt of %d tokens (%d characters) is longer than the %d tokens the text "
+                                   "encoder reads: only its beginning is used (%r...)", tokens, len(prompt),
+                                   self.max_length, prompt[:40])
+        return encoded["input_ids"], mask
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,6 +281,13 @@ def t5gemma_encoder_sizes(shapes: Mapping[str, Sequence[int]], source: str, head
     return {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": intermediate,
             "num_hidden_layers": len(layers), "num_attention_heads": q_out // head_dim,
             "num_key_value_heads": kv_out // head_dim}
+
+
+def _raise_on_non_finite(model: nn.Module, source: str) -> None:
+    """Weights transformers loaded from a folder must be finite (single files are checked as they are read)."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise TextEncoderError(f"{source}: T5Gemma weight {name} holds NaN or infinite values; the file is damaged")
 
 
 def _raise_on_incomplete_load(info: Mapping[str, Any], source: str) -> None:

@@ -20,15 +20,15 @@ before any sampling, and a batch of different durations comes back as one tensor
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import torchaudio.functional as AF
 
-from . import masks
+from . import audio_prep, hub, masks
 from .checkpoint import SA3Components, load_components
 from .config import ModelConfig
 from .dit import DiTBlock
@@ -50,7 +50,8 @@ from .same import SAMEBlock
 from .text import Conditioning
 
 AudioInput = tuple[int, torch.Tensor]
-"""``(sample_rate, audio)``; audio is (T,), (C, T) or (1, C, T) float samples."""
+"""``(sample_rate, audio)``, or ``(audio, sample_rate)`` as ``torchaudio.load`` returns it; audio is (T,),
+(C, T) or (1, C, T) float samples."""
 
 MAX_SEED = 2**63 - 1
 
@@ -153,6 +154,7 @@ class StableAudioModel:
     def __init__(self, components: SA3Components, *, device: torch.device | str, dtype: torch.dtype):
         self.components = components
         self.config: ModelConfig = components.config
+        self.model_config: dict = copy.deepcopy(components.config.raw)  # the official attribute: the raw JSON
         self.dit = components.dit
         self.autoencoder = components.autoencoder
         self.conditioners = components.conditioners
@@ -164,22 +166,32 @@ class StableAudioModel:
     @classmethod
     def from_pretrained(
         cls,
-        path: str | Path,
+        model_name_or_path: str | Path,
         device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        model_half: bool = True,
         *,
+        dtype: torch.dtype | None = None,
+        models_dir: str | Path | None = None,
         text_encoder_path: str | Path | None = None,
         attention_backend: str = "auto",
         base: bool = False,
     ) -> "StableAudioModel":
-        """Load an official model folder or a Comfy-Org single file (then ``text_encoder_path`` is needed
-        to encode prompts). Never touches the network. ``device`` defaults to cuda -> mps -> cpu, ``dtype``
-        to fp16 on CUDA and fp32 elsewhere; SAME never runs in bf16 on MPS (sa3_core.precision)."""
+        """Load an official model by name (``small-music``, ``small-sfx``, ``medium`` and their ``-base``
+        versions, found offline in the Hugging Face cache or a models folder: sa3_core.hub), an official
+        model folder, or a Comfy-Org single file (then ``text_encoder_path`` is needed to encode prompts).
+        Never touches the network. ``device`` defaults to cuda -> mps -> cpu.
+
+        Precision: ``dtype`` when given; otherwise ``model_half`` (the official flag, default True) selects
+        the device's default (sa3_core.precision: fp16 on CUDA, fp32 on CPU/MPS) and ``model_half=False``
+        float32. SAME never runs in bf16 on MPS."""
         device = torch.device(device) if device is not None else default_device()
-        dtypes = component_dtypes(device, dtype)
-        components = load_components(path, device=device, dtype=dtypes.dit, autoencoder_dtype=dtypes.autoencoder,
-                                     text_encoder_path=text_encoder_path, attention_backend=attention_backend,
-                                     base=base)
+        resolved = hub.resolve_model(model_name_or_path, models_dir=models_dir)
+        requested = dtype if dtype is not None else (None if model_half else torch.float32)
+        dtypes = component_dtypes(device, requested)
+        components = load_components(resolved.folder, device=device, dtype=dtypes.dit,
+                                     autoencoder_dtype=dtypes.autoencoder,
+                                     text_encoder_path=text_encoder_path or resolved.text_encoder,
+                                     attention_backend=attention_backend, base=base)
         return cls(components, device=device, dtype=dtypes.dit)
 
     # -- facts ----------------------------------------------------------------------------------------
@@ -187,6 +199,11 @@ class StableAudioModel:
     @property
     def sample_rate(self) -> int:
         return self.config.sample_rate
+
+    @property
+    def model_half(self) -> bool:
+        """The official attribute: whether the model runs in float16."""
+        return self.dtype == torch.float16
 
     @property
     def downsampling_ratio(self) -> int:
@@ -270,33 +287,13 @@ class StableAudioModel:
     # -- stage 4: audio inputs ------------------------------------------------------------------------
 
     def prepare_audio(self, audio: AudioInput, window: Window, name: str = "audio") -> torch.Tensor:
-        """``(sr, audio)`` -> (1, 2, window samples) float32 on the device: resampled to 44.1 kHz with
-        torchaudio, cut or zero-padded to the window, mono duplicated to stereo, extra channels dropped
-        (the official ``prepare_audio``)."""
-        if not (isinstance(audio, (tuple, list)) and len(audio) == 2):
-            raise ValueError(f"{name} must be a (sample_rate, tensor) pair")
-        sample_rate, samples = audio
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
-            raise ValueError(f"{name}: sample rate must be a positive integer, got {sample_rate!r}")
-        samples = torch.as_tensor(samples)
-        if samples.ndim == 3 and samples.shape[0] == 1:
-            samples = samples[0]
-        if samples.ndim == 1:
-            samples = samples[None]
-        if samples.ndim != 2:
-            raise ValueError(f"{name}: expected (samples,), (channels, samples) or (1, channels, samples), "
-                             f"got shape {tuple(samples.shape)}")
-        masks.validate_audio(samples, name)
-        samples = samples.to(device=self.device, dtype=torch.float32)
-        if sample_rate != self.sample_rate:
-            samples = AF.resample(samples, sample_rate, self.sample_rate)
-        fitted = samples.new_zeros(samples.shape[0], window.audio_samples)
-        length = min(samples.shape[-1], window.audio_samples)
-        fitted[:, :length] = samples[:, :length]
-        channels = self.autoencoder.audio_channels
-        if fitted.shape[0] == 1 and channels == 2:
-            fitted = fitted.repeat(2, 1)
-        return fitted[:channels][None]
+        """``(sr, audio)`` (or ``(audio, sr)``, as ``torchaudio.load`` returns it) -> (1, 2, window samples)
+        float32 on the device: resampled to 44.1 kHz with torchaudio, cut or zero-padded to the window, mono
+        duplicated to stereo, extra channels dropped (the official ``prepare_audio``)."""
+        sample_rate, samples = audio_prep.rate_and_samples(audio, name)
+        samples = audio_prep.channels_first(samples, name).to(device=self.device, dtype=torch.float32)
+        samples = audio_prep.resample(samples, sample_rate, self.sample_rate)
+        return audio_prep.fit(samples, window.audio_samples, self.autoencoder.audio_channels)[None]
 
     @torch.inference_mode()
     def encode_audio(self, audio: AudioInput, window: Window, name: str = "audio") -> torch.Tensor:

@@ -32,7 +32,7 @@ from . import audio_prep, hub, masks
 from .checkpoint import SA3Components, load_components
 from .config import ModelConfig
 from .dit import DiTBlock
-from .lora import LoRAStack
+from .lora import LoRAGate, LoRAStack, gates_from_configs
 from .precision import component_dtypes
 from .sampling import (
     DiTConditioning,
@@ -378,9 +378,13 @@ class StableAudioModel:
         init_noise_level: float = 1.0,
         dist_shift: DistributionShift | Mapping[str, Any] | None = None,
         callback: StepCallback | None = None,
+        lora_gates: Sequence[LoRAGate] = (),
     ) -> torch.Tensor:
         """Run the sampler from ``noise`` (mixed with ``init_latents`` at ``init_noise_level`` for
-        audio-to-audio) and return the clean latents, float32."""
+        audio-to-audio) and return the clean latents, float32.
+
+        ``lora_gates`` (the official ``lora_configs``): before each DiT forward the loaded LoRAs are switched
+        on or off for that step's t (sa3_core.lora.LoRAStack.gate); afterwards every LoRA is on again."""
         masks.validate_steps(steps)
         sigma_max = 1.0
         x = noise.to(self.dtype)
@@ -390,11 +394,24 @@ class StableAudioModel:
             x = mix_init(init_latents.to(self.dtype).expand_as(x), x, sigma_max)
         schedule = self.schedule(window, steps, sigma_max, dist_shift)
         model_fn = GuidedModel(self.dit, conditioning, guidance)
-        # The conditioning is the same at every step: its embeddings and cross-attention K/V are computed once.
-        with self.dit.reuse_step_constants():
-            latents = sample(model_fn, x, schedule, sampler=sampler or self.default_sampler, callback=callback,
-                             generator=generator)
+        if lora_gates:
+            self._check_gates(lora_gates)
+            model_fn = _GatedModel(model_fn, self.lora, lora_gates)
+        # The conditioning is the same at every step: its embeddings and cross-attention K/V are computed once
+        # (weights changed by the gates are detected and their part recomputed).
+        try:
+            with self.dit.reuse_step_constants():
+                latents = sample(model_fn, x, schedule, sampler=sampler or self.default_sampler, callback=callback,
+                                 generator=generator)
+        finally:
+            if lora_gates:
+                self.lora.clear_gates()
         return latents.float()
+
+    def _check_gates(self, gates: Sequence[LoRAGate]) -> None:
+        if self.lora is None or not len(self.lora):
+            raise ValueError("lora_configs were given but no LoRA is loaded (load_lora first)")
+        self.lora.check_gates(gates)
 
     # -- stage 6: decoding ----------------------------------------------------------------------------
 
@@ -454,6 +471,7 @@ class StableAudioModel:
         negative_conditioning: Sequence[Mapping[str, Any]] | None = None,
         negative_conditioning_tensors: Mapping[str, Any] | None = None,
         sigma_max: float | None = None,
+        lora_configs: Sequence[Mapping[str, Any]] | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Generate audio; the official keyword arguments and results.
 
@@ -471,6 +489,11 @@ class StableAudioModel:
         durations (``conditioning`` or ``duration``), never a silent 120 s window. ``sigma_max`` is accepted
         for compatibility; rectified-flow models ignore it officially, so only ``None`` / 1 is allowed
         (use ``init_noise_level``).
+
+        ``lora_configs=[{"lora_index": i, "interval": (lo, hi), "layer_filter": "..."}, ...]`` (official): LoRA
+        ``i`` acts on the DiT only at steps whose t (item 0's) lies in [lo, hi], and then not on DiT modules
+        whose name contains a ``layer_filter`` entry (comma-separated, ``layers[0-5]`` ranges). LoRAs no entry
+        names, and the conditioner's LoRAs, act at every step. After the call every LoRA is on again.
         """
         if sigma_max is not None and sigma_max != 1.0:
             raise ValueError("sigma_max is not used by SA3's rectified-flow samplers; use init_noise_level with init_audio")
@@ -503,6 +526,9 @@ class StableAudioModel:
             inpaint_mask = None  # the official precedence: seconds win over a prebuilt mask
         guidance = GuidanceOptions(cfg_scale=cfg_scale, apg_scale=apg_scale, cfg_interval=tuple(cfg_interval),
                                    cfg_norm_threshold=cfg_norm_threshold, scale_phi=scale_phi)
+        lora_gates = gates_from_configs(lora_configs) if lora_configs is not None else []
+        if lora_gates:
+            self._check_gates(lora_gates)
         # Checks every region and audio input (raises here, before sampling).
         local_add_cond = self._build_inpaint(window, inpaint_audio, regions, inpaint_mask)
         init_latents = self.encode_audio(init_audio, window, "init_audio") if init_audio is not None else None
@@ -519,7 +545,8 @@ class StableAudioModel:
         # 3. Sample and decode.
         latents = self.sample_latents(noise, generator, dit_cond, window, steps=steps, guidance=guidance,
                                       sampler=sampler_type, init_latents=init_latents,
-                                      init_noise_level=init_noise_level, dist_shift=dist_shift, callback=callback)
+                                      init_noise_level=init_noise_level, dist_shift=dist_shift, callback=callback,
+                                      lora_gates=lora_gates)
         if return_latents:
             return latents
         audio = self.decode_latents(latents, window, chunked=chunked_decode, peak=peak)
@@ -606,6 +633,19 @@ class StableAudioModel:
         if self.lora is not None:
             self.lora.unload()
             self.lora = None
+
+
+class _GatedModel:
+    """A sampler's ``model_fn`` that sets the LoRA gates for each step's t before the DiT forward (the official
+    DiT evaluates ``lora_configs`` at the top of its forward, from ``t[0]``)."""
+
+    def __init__(self, model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], stack: LoRAStack,
+                 gates: Sequence[LoRAGate]):
+        self.model_fn, self.stack, self.gates = model_fn, stack, list(gates)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.stack.gate(t, self.gates)
+        return self.model_fn(x, t)
 
 
 def conditioning_from_tensors(tensors: Mapping[str, Any], batch_size: int) -> Conditioning:

@@ -160,6 +160,6 @@ def resolve_autoencoder(name_or_path: str | Path, *, models_dir: str | Path | No
 def _existing_path(path: str | Path, names) -> Path:
     path = Path(path)
     if not path.exists():
-        raise ModelNotFoundError(f"{str(path)!r}: neither an official name ({', '.join(names)}) nor an existing "
-                                 "folder or file")
+        raise ModelNotFoundError(f"{path}: not found (neither an existing folder or file nor an official name: "
+                                 f"{', '.join(names)})")
     return path

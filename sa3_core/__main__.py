@@ -186,17 +186,14 @@ def _progress(step: int, total: int, x: torch.Tensor, denoised: torch.Tensor) ->
 def generate(args: argparse.Namespace) -> list[Path]:
     from .pipeline import StableAudioModel  # imported late: `tiny` and --help stay fast
 
-    kwargs: dict = {}
-    if args.init_audio:
-        kwargs.update(init_audio=read_wav(args.init_audio))
+    init_audio = read_wav(args.init_audio) if args.init_audio else None
+    inpaint_audio, starts, ends = None, None, None
     if args.continue_from:
-        rate, audio = read_wav(args.continue_from)
-        start, end = continuation_region(audio.shape[-1] / rate, max(args.duration))
-        kwargs.update(inpaint_audio=(rate, audio), inpaint_mask_start_seconds=start, inpaint_mask_end_seconds=end)
+        rate, audio = inpaint_audio = read_wav(args.continue_from)
+        starts, ends = continuation_region(audio.shape[-1] / rate, max(args.duration))
     if args.inpaint_audio:
-        kwargs.update(inpaint_audio=read_wav(args.inpaint_audio),
-                      inpaint_mask_start_seconds=_one_or_list([s for s, _ in args.regions]),
-                      inpaint_mask_end_seconds=_one_or_list([e for _, e in args.regions]))
+        inpaint_audio = read_wav(args.inpaint_audio)
+        starts, ends = _one_or_list([s for s, _ in args.regions]), _one_or_list([e for _, e in args.regions])
 
     started = time.perf_counter()
     print(f"Loading model '{args.model}'…", file=sys.stderr)
@@ -217,8 +214,10 @@ def generate(args: argparse.Namespace) -> list[Path]:
     output = model.generate(
         prompt=_one_or_list(args.prompt), negative_prompt=_one_or_list(args.negative_prompt) if args.negative_prompt else None,
         duration=_one_or_list(args.duration), steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed,
-        batch_size=args.batch_size, init_noise_level=args.init_noise_level, chunked_decode=args.chunked_decode,
-        apg_scale=args.apg_scale, sampler_type=args.sampler, peak=args.peak, callback=_progress, **kwargs)
+        batch_size=args.batch_size, init_audio=init_audio, init_noise_level=args.init_noise_level,
+        inpaint_audio=inpaint_audio, inpaint_mask_start_seconds=starts, inpaint_mask_end_seconds=ends,
+        chunked_decode=args.chunked_decode, apg_scale=args.apg_scale, sampler_type=args.sampler, peak=args.peak,
+        callback=_progress)
     print(f"generated {args.batch_size} x {max(args.duration):g} s in {time.perf_counter() - started:.1f} s, "
           f"seed {model.last_seed}", file=sys.stderr)
     paths = output_paths(args.output, args.batch_size)

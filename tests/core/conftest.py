@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hub_cache import TINY_FOR, add_repo, base_config
+from official_assets import TINY_FOR, add_repo, base_config
 from sa3_core.hub import MODEL_REPOS
 
 

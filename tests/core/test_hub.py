@@ -15,7 +15,7 @@ import torch
 from sa3_core import StableAudioModel, hub
 from sa3_core.hub import MODEL_REPOS, ModelNotFoundError, resolve_autoencoder, resolve_model
 
-from hub_cache import TINY_FOR, add_repo
+from official_assets import TINY_FOR, add_repo
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,13 +1,20 @@
-"""A Hugging Face Hub cache laid out exactly as the hub lays it out (``models--<org>--<name>/blobs``, ``refs/main``,
-``snapshots/<commit>/`` of relative symlinks), holding tiny SA3 checkpoints under the official repository ids."""
+"""What a user of the official package has on disk, for the tests that play its scenarios: a Hugging Face
+Hub cache laid out exactly as the hub lays it out (``models--<org>--<name>/blobs``, ``refs/main``, ``snapshots/<commit>/``
+of relative symlinks) holding tiny SA3 checkpoints under the official repository ids, LoRA files, audio clips."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from sa3_core.wav import read_wav
 
 # Official name -> the tiny fixture folder that stands in for it (the -base ones have the rectified-flow
 # objective; medium-base is tiny-medium with its config's objective switched).
@@ -65,3 +72,36 @@ def base_config(folder: Path) -> dict:
     config = json.loads((folder / "model_config.json").read_text())
     config["model"]["diffusion"]["diffusion_objective"] = "rectified_flow"
     return config
+
+
+def write_lora(path: Path, parts: dict, *, rank: int = 4, alpha: float = 4.0, seed: int = 0, scale: float = 0.05) -> Path:
+    """A LoRA file as the official trainer saves it (``save_lora_safetensors``): fp16 ``lora_A`` / ``lora_B`` for
+    every Linear of each part, keys rooted at ``model.`` (DiT) / ``conditioners.`` (conditioner), the
+    ``lora_config`` JSON in the metadata. ``parts``: ``{"model.": dit, "conditioners.": conditioners}``."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for root, module in parts.items():
+        for name, layer in module.named_modules():
+            if isinstance(layer, torch.nn.Linear):
+                fan_out, fan_in = layer.weight.shape
+                key = f"{root}{name}.parametrizations.weight.0"
+                tensors[f"{key}.lora_A"] = (torch.randn(rank, fan_in, generator=generator) * scale).half()
+                tensors[f"{key}.lora_B"] = (torch.randn(fan_out, rank, generator=generator) * scale).half()
+    config = {"rank": rank, "alpha": alpha, "adapter_type": "lora"}
+    save_file(tensors, str(path), metadata={"lora_config": json.dumps(config)})
+    return path
+
+
+def sine_wave(duration: float, sample_rate: int, channels: int = 2, freq: float = 440.0, device: str = "cpu",
+              half: bool = False) -> torch.Tensor:
+    """A (channels, samples) sine of amplitude 0.8, as the official tests' helper makes it."""
+    t = torch.linspace(0, duration, int(duration * sample_rate), device=device)
+    wave = 0.8 * torch.sin(2 * math.pi * freq * t)
+    return (wave.half() if half else wave).expand(channels, -1).clone()
+
+
+def torchaudio_load(path: Path) -> tuple[torch.Tensor, int]:
+    """What ``torchaudio.load`` returns, ``(waveform, sample_rate)``, for a WAV (torchaudio 2.9 needs torchcodec
+    for files, which is not installed here)."""
+    rate, audio = read_wav(path)
+    return audio, rate

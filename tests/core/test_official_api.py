@@ -488,7 +488,7 @@ def test_docs_per_batch_customization(named, audio_file) -> None:
     inpaint_audio = torchaudio_load(audio_file(s(30), "audio1.wav"))
     durations = [30, 25, 20, 20]
     audio = model.generate(inpaint_audio=inpaint_audio, inpaint_mask_start_seconds=s(3), inpaint_mask_end_seconds=s(10),
-                           prompt=["prompt1", "prompt2", "prompt3", "prompt4"], duration=s(durations), steps=8,
+                           prompt=["prompt1", "prompt2", "prompt3", "prompt4"], duration=s(durations), steps=FAST,
                            cfg_scale=1, batch_size=4)
     assert [tuple(a.shape) for a in audio] == [(2, int(s(d) * model.sample_rate)) for d in durations]
 

@@ -381,6 +381,7 @@ class ModelConfig:
     model_type: str = "diffusion_cond_inpaint"
     sampling_shift: dict | None = None
     source: str = "<dict>"
+    raw: dict = field(default_factory=dict, compare=False, repr=False)  # the JSON it was parsed from
 
     @property
     def variant(self) -> str:
@@ -441,6 +442,7 @@ class ModelConfig:
             model_type=model_type,
             sampling_shift=shift,
             source=source,
+            raw=json.loads(json.dumps(data)),  # a plain deep copy: later edits of ``data`` do not leak in
         )
 
     @classmethod

@@ -555,6 +555,32 @@ class LoRAGate:
     layer_filter: str = ""
 
 
+_GATE_KEYS = ("lora_index", "interval", "layer_filter")
+
+
+def gates_from_configs(lora_configs: Sequence[Mapping[str, object]]) -> list[LoRAGate]:
+    """The official ``generate(lora_configs=[{"lora_index": i, "interval": (lo, hi), "layer_filter": "..."}])``
+    entries as gates (``interval`` defaults to (0, 1), ``layer_filter`` to none, as official)."""
+    if isinstance(lora_configs, (Mapping, str, bytes)):
+        raise LoRAError("lora_configs must be a list of {'lora_index': ..., 'interval': ..., 'layer_filter': ...} dicts")
+    gates = []
+    for i, entry in enumerate(lora_configs):
+        if not isinstance(entry, Mapping) or "lora_index" not in entry or set(entry) - set(_GATE_KEYS):
+            raise LoRAError(f"lora_configs[{i}]: expected a dict with 'lora_index' and optionally 'interval', "
+                            f"'layer_filter', got {entry!r}")
+        index, interval = entry["lora_index"], entry.get("interval", (0.0, 1.0))
+        layer_filter = entry.get("layer_filter") or ""  # None is no filter, as official
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise LoRAError(f"lora_configs[{i}]: lora_index must be an integer, got {index!r}")
+        if not (isinstance(interval, (tuple, list)) and len(interval) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in interval)):
+            raise LoRAError(f"lora_configs[{i}]: interval must be two numbers (low, high), got {interval!r}")
+        if not isinstance(layer_filter, str):
+            raise LoRAError(f"lora_configs[{i}]: layer_filter must be a string, got {layer_filter!r}")
+        gates.append(LoRAGate(index, (float(interval[0]), float(interval[1])), layer_filter))
+    return gates
+
+
 def _t_in_interval(t: float | Tensor, interval: tuple[float, float]) -> bool:
     # The official comparison is between python floats and a float32 tensor, i.e. in float32.
     t = torch.as_tensor(t, dtype=torch.float32).reshape(-1)[0]
@@ -734,11 +760,7 @@ class LoRAStack:
         Gates are applied in order (a later gate for the same LoRA wins). LoRAs that no gate names are
         enabled. Only modules whose state changes are recomputed.
         """
-        for g in gates:
-            if g.lora_index is not None:
-                self._check_index(g.lora_index)
-            if len(g.interval) != 2:
-                raise LoRAError(f"LoRA gate interval must be (low, high), got {g.interval!r}")
+        self.check_gates(gates)
         disabled: set[tuple[int, str, str]] = set()
         gated = [s for s in self._slots.values() if s.target == GATED_TARGET]
         for g in gates:
@@ -755,6 +777,14 @@ class LoRAStack:
                     else:
                         disabled.add(key)
         self._set_disabled(disabled)
+
+    def check_gates(self, gates: Sequence[LoRAGate]) -> None:
+        """Raise if a gate names a LoRA that is not loaded or has no (low, high) interval."""
+        for g in gates:
+            if g.lora_index is not None:
+                self._check_index(g.lora_index)
+            if len(g.interval) != 2:
+                raise LoRAError(f"LoRA gate interval must be (low, high), got {g.interval!r}")
 
     def clear_gates(self) -> None:
         """Enable every LoRA on every module again (after a gated generation)."""

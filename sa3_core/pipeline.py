@@ -21,7 +21,7 @@ before any sampling, and a batch of different durations comes back as one tensor
 
 from __future__ import annotations
 
-import logging
+import copy
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +29,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from . import masks
+from . import audio_prep, hub, masks
 from .checkpoint import SA3Components, load_components
 from .config import ModelConfig
 from .dit import DiTBlock
-from .lora import LoRAStack
+from .lora import LoRAGate, LoRAStack, gates_from_configs
 from .precision import component_dtypes
-from .resample import input_samples_needed, resample
 from .sampling import (
     DiTConditioning,
     DistributionShift,
@@ -52,7 +51,8 @@ from .same import SAMEBlock
 from .text import Conditioning
 
 AudioInput = tuple[int, torch.Tensor]
-"""``(sample_rate, audio)``; audio is (T,), (C, T) or (1, C, T) float samples."""
+"""``(sample_rate, audio)``, or ``(audio, sample_rate)`` as ``torchaudio.load`` returns it; audio is (T,),
+(C, T) or (1, C, T) float samples."""
 
 MAX_SEED = 2**63 - 1
 
@@ -60,8 +60,6 @@ MAX_PROMPT_CHARS = 1 << 18
 """The longest prompt text accepted (256 Ki characters). The encoder reads 256 tokens, a few thousand
 characters at most; the cap only bounds the tokenizer's work on text far past that (longer prompts are
 read up to their 256th token, with a warning)."""
-
-logger = logging.getLogger(__name__)
 
 
 def default_device() -> torch.device:
@@ -162,6 +160,7 @@ class StableAudioModel:
     def __init__(self, components: SA3Components, *, device: torch.device | str, dtype: torch.dtype):
         self.components = components
         self.config: ModelConfig = components.config
+        self.model_config: dict = copy.deepcopy(components.config.raw)  # the official attribute: the raw JSON
         self.dit = components.dit
         self.autoencoder = components.autoencoder
         self.conditioners = components.conditioners
@@ -173,22 +172,32 @@ class StableAudioModel:
     @classmethod
     def from_pretrained(
         cls,
-        path: str | Path,
+        model_name_or_path: str | Path,
         device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        model_half: bool = True,
         *,
+        dtype: torch.dtype | None = None,
+        models_dir: str | Path | None = None,
         text_encoder_path: str | Path | None = None,
         attention_backend: str = "auto",
         base: bool = False,
     ) -> "StableAudioModel":
-        """Load an official model folder or a Comfy-Org single file (then ``text_encoder_path`` is needed
-        to encode prompts). Never touches the network. ``device`` defaults to cuda -> mps -> cpu, ``dtype``
-        to fp16 on CUDA and fp32 elsewhere; SAME never runs in bf16 on MPS (sa3_core.precision)."""
+        """Load an official model by name (``small-music``, ``small-sfx``, ``medium`` and their ``-base``
+        versions, found offline in the Hugging Face cache or a models folder: sa3_core.hub), an official
+        model folder, or a Comfy-Org single file (then ``text_encoder_path`` is needed to encode prompts).
+        Never touches the network. ``device`` defaults to cuda -> mps -> cpu.
+
+        Precision: ``dtype`` when given; otherwise ``model_half`` (the official flag, default True) selects
+        the device's default (sa3_core.precision: fp16 on CUDA, fp32 on CPU/MPS) and ``model_half=False``
+        float32. SAME never runs in bf16 on MPS."""
         device = torch.device(device) if device is not None else default_device()
-        dtypes = component_dtypes(device, dtype)
-        components = load_components(path, device=device, dtype=dtypes.dit, autoencoder_dtype=dtypes.autoencoder,
-                                     text_encoder_path=text_encoder_path, attention_backend=attention_backend,
-                                     base=base)
+        resolved = hub.resolve_model(model_name_or_path, models_dir=models_dir)
+        requested = dtype if dtype is not None else (None if model_half else torch.float32)
+        dtypes = component_dtypes(device, requested)
+        components = load_components(resolved.folder, device=device, dtype=dtypes.dit,
+                                     autoencoder_dtype=dtypes.autoencoder,
+                                     text_encoder_path=text_encoder_path or resolved.text_encoder,
+                                     attention_backend=attention_backend, base=base)
         return cls(components, device=device, dtype=dtypes.dit)
 
     # -- facts ----------------------------------------------------------------------------------------
@@ -196,6 +205,11 @@ class StableAudioModel:
     @property
     def sample_rate(self) -> int:
         return self.config.sample_rate
+
+    @property
+    def model_half(self) -> bool:
+        """The official attribute: whether the model runs in float16."""
+        return self.dtype == torch.float16
 
     @property
     def downsampling_ratio(self) -> int:
@@ -281,50 +295,11 @@ class StableAudioModel:
     # -- stage 4: audio inputs ------------------------------------------------------------------------
 
     def prepare_audio(self, audio: AudioInput, window: Window, name: str = "audio") -> torch.Tensor:
-        """``(sr, audio)`` -> (1, C, window samples) float32 on the device, as the official ``prepare_audio``:
-        resampled to the model's rate (torchaudio's interpolation, :mod:`sa3_core.resample`), cut or
-        zero-padded to the window, and made the model's channel count: mono duplicated to stereo, the first
-        two channels of a multichannel clip kept (front left and right in WAV/FLAC order; a warning says
-        so), everything averaged for a mono model.
-
-        Channels are chosen and the clip is cut to what the window needs before resampling (resampling
-        works per channel and each output sample only depends on nearby input, so the result is the same),
-        so the cost depends on the window, not on the clip's length or channel count."""
-        if not (isinstance(audio, (tuple, list)) and len(audio) == 2):
-            raise ValueError(f"{name} must be a (sample_rate, tensor) pair")
-        sample_rate, samples = audio
-        sample_rate = masks.validate_sample_rate(sample_rate, name)
-        samples = torch.as_tensor(samples)
-        if samples.ndim == 3 and samples.shape[0] == 1:
-            samples = samples[0]
-        if samples.ndim == 1:
-            samples = samples[None]
-        if samples.ndim != 2:
-            raise ValueError(f"{name}: expected (samples,), (channels, samples) or (1, channels, samples), "
-                             f"got shape {tuple(samples.shape)}")
-        masks.validate_audio(samples, name)
-        samples = self._model_channels(samples, name)
-        needed = window.audio_samples
-        if sample_rate != self.sample_rate:
-            needed = input_samples_needed(window.audio_samples, sample_rate, self.sample_rate)
-        samples = samples[:, :needed].to(device=self.device, dtype=torch.float32)
-        samples = resample(samples, sample_rate, self.sample_rate)
-        fitted = samples.new_zeros(samples.shape[0], window.audio_samples)
-        length = min(samples.shape[-1], window.audio_samples)
-        fitted[:, :length] = samples[:, :length]
-        return fitted[None]
-
-    def _model_channels(self, samples: torch.Tensor, name: str) -> torch.Tensor:
-        """(C, T) -> the autoencoder's channel count, the official way (``set_audio_channels``)."""
-        channels = self.autoencoder.audio_channels
-        if channels == 1:
-            return samples.mean(0, keepdim=True)
-        if samples.shape[0] == 1:
-            return samples.repeat(channels, 1)
-        if samples.shape[0] > channels:
-            logger.warning("%s has %d channels; using the first %d (front left and right), as the official "
-                           "code does", name, samples.shape[0], channels)
-        return samples[:channels]
+        """``(sr, audio)`` (or ``(audio, sr)``, as ``torchaudio.load`` returns it) -> (1, C, window samples)
+        float32 on the device, as the official ``prepare_audio`` (:func:`sa3_core.audio_prep.prepare`):
+        made the model's channel count, resampled to its rate, cut or zero-padded to the window."""
+        return audio_prep.prepare(audio, length=window.audio_samples, sample_rate=self.sample_rate,
+                                  channels=self.autoencoder.audio_channels, device=self.device, name=name)[None]
 
     @torch.inference_mode()
     def encode_audio(self, audio: AudioInput, window: Window, name: str = "audio") -> torch.Tensor:
@@ -423,9 +398,13 @@ class StableAudioModel:
         init_noise_level: float = 1.0,
         dist_shift: DistributionShift | Mapping[str, Any] | None = None,
         callback: StepCallback | None = None,
+        lora_gates: Sequence[LoRAGate] = (),
     ) -> torch.Tensor:
         """Run the sampler from ``noise`` (mixed with ``init_latents`` at ``init_noise_level`` for
-        audio-to-audio) and return the clean latents, float32."""
+        audio-to-audio) and return the clean latents, float32.
+
+        ``lora_gates`` (the official ``lora_configs``): before each DiT forward the loaded LoRAs are switched
+        on or off for that step's t (sa3_core.lora.LoRAStack.gate); afterwards every LoRA is on again."""
         masks.validate_steps(steps)
         _refuse_non_finite_inputs(conditioning, init_latents)
         sigma_max = 1.0
@@ -436,10 +415,18 @@ class StableAudioModel:
             x = mix_init(init_latents.to(self.dtype).expand_as(x), x, sigma_max)
         schedule = self.schedule(window, steps, sigma_max, dist_shift)
         model_fn = GuidedModel(self.dit, conditioning, guidance)
-        # The conditioning is the same at every step: its embeddings and cross-attention K/V are computed once.
-        with self.dit.reuse_step_constants():
-            latents = sample(model_fn, x, schedule, sampler=sampler or self.default_sampler, callback=callback,
-                             generator=generator)
+        if lora_gates:
+            self._check_gates(lora_gates)
+            model_fn = _GatedModel(model_fn, self.lora, lora_gates)
+        # The conditioning is the same at every step: its embeddings and cross-attention K/V are computed once
+        # (weights changed by the gates are detected and their part recomputed).
+        try:
+            with self.dit.reuse_step_constants():
+                latents = sample(model_fn, x, schedule, sampler=sampler or self.default_sampler, callback=callback,
+                                 generator=generator)
+        finally:
+            if lora_gates:
+                self.lora.clear_gates()
         if not torch.isfinite(latents).all():
             raise ValueError(
                 "sampling produced NaN or infinite latents, so the audio would be noise or full-scale clipping. "
@@ -447,6 +434,11 @@ class StableAudioModel:
                 "distribution shift / sampler shift), or DiT weights that are broken or pushed out of range by a "
                 "LoRA (its alpha or strength)")
         return latents.float()
+
+    def _check_gates(self, gates: Sequence[LoRAGate]) -> None:
+        if self.lora is None or not len(self.lora):
+            raise ValueError("lora_configs were given but no LoRA is loaded (load_lora first)")
+        self.lora.check_gates(gates)
 
     # -- stage 6: decoding ----------------------------------------------------------------------------
 
@@ -513,6 +505,7 @@ class StableAudioModel:
         negative_conditioning: Sequence[Mapping[str, Any]] | None = None,
         negative_conditioning_tensors: Mapping[str, Any] | None = None,
         sigma_max: float | None = None,
+        lora_configs: Sequence[Mapping[str, Any]] | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Generate audio; the official keyword arguments and results.
 
@@ -530,6 +523,11 @@ class StableAudioModel:
         durations (``conditioning`` or ``duration``), never a silent 120 s window. ``sigma_max`` is accepted
         for compatibility; rectified-flow models ignore it officially, so only ``None`` / 1 is allowed
         (use ``init_noise_level``).
+
+        ``lora_configs=[{"lora_index": i, "interval": (lo, hi), "layer_filter": "..."}, ...]`` (official): LoRA
+        ``i`` acts on the DiT only at steps whose t (item 0's) lies in [lo, hi], and then not on DiT modules
+        whose name contains a ``layer_filter`` entry (comma-separated, ``layers[0-5]`` ranges). LoRAs no entry
+        names, and the conditioner's LoRAs, act at every step. After the call every LoRA is on again.
         """
         if sigma_max is not None and sigma_max != 1.0:
             raise ValueError("sigma_max is not used by SA3's rectified-flow samplers; use init_noise_level with init_audio")
@@ -563,6 +561,9 @@ class StableAudioModel:
                                    cfg_norm_threshold=cfg_norm_threshold, scale_phi=scale_phi)
         if isinstance(dist_shift, Mapping):
             dist_shift = shift_from_options(dist_shift)  # checks its settings now, before any work
+        lora_gates = gates_from_configs(lora_configs) if lora_configs is not None else []
+        if lora_gates:
+            self._check_gates(lora_gates)
         # Checks every region and audio input (raises here, before sampling).
         local_add_cond = self._build_inpaint(window, inpaint_audio, regions, inpaint_mask)
         init_latents = self.encode_audio(init_audio, window, "init_audio") if init_audio is not None else None
@@ -579,7 +580,8 @@ class StableAudioModel:
         # 3. Sample and decode.
         latents = self.sample_latents(noise, generator, dit_cond, window, steps=steps, guidance=guidance,
                                       sampler=sampler_type, init_latents=init_latents,
-                                      init_noise_level=init_noise_level, dist_shift=dist_shift, callback=callback)
+                                      init_noise_level=init_noise_level, dist_shift=dist_shift, callback=callback,
+                                      lora_gates=lora_gates)
         if return_latents:
             return latents
         audio = self.decode_latents(latents, window, chunked=chunked_decode, peak=peak)
@@ -666,6 +668,19 @@ class StableAudioModel:
         if self.lora is not None:
             self.lora.unload()
             self.lora = None
+
+
+class _GatedModel:
+    """A sampler's ``model_fn`` that sets the LoRA gates for each step's t before the DiT forward (the official
+    DiT evaluates ``lora_configs`` at the top of its forward, from ``t[0]``)."""
+
+    def __init__(self, model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], stack: LoRAStack,
+                 gates: Sequence[LoRAGate]):
+        self.model_fn, self.stack, self.gates = model_fn, stack, list(gates)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.stack.gate(t, self.gates)
+        return self.model_fn(x, t)
 
 
 def conditioning_from_tensors(tensors: Mapping[str, Any], batch_size: int) -> Conditioning:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import audio_prep
 from .attention import BACKENDS
 from .config import AutoencoderConfig, SAMEConfig
 from .layers import Attention, DyT, FeedForward, RotaryEmbedding
@@ -433,6 +434,24 @@ class SAMEAutoencoder(nn.Module):
     def sample_rate(self) -> int:
         return self.config.sample_rate
 
+    @property
+    def io_channels(self) -> int:
+        """The official name of :attr:`audio_channels`."""
+        return self.audio_channels
+
+    # -- the official preprocessing -------------------------------------------------------------------
+
+    def preprocess_audio_for_encoder(self, audio: torch.Tensor, in_sr: int) -> torch.Tensor:
+        """One clip (C, T) / (T,) / (1, C, T) at ``in_sr`` -> a (1, 2, T') batch ready for :meth:`encode`:
+        resampled to 44.1 kHz, channels fitted, zero-padded to whole latents."""
+        return self.preprocess_audio_list_for_encoder([audio], [in_sr])
+
+    def preprocess_audio_list_for_encoder(self, audio_list: list[torch.Tensor], in_sr_list: int | list[int]) -> torch.Tensor:
+        """Clips of any lengths / rates / channel counts -> one (B, 2, T) batch, zero-padded to the longest
+        (rounded up to whole latents). ``in_sr_list``: one rate per clip, or one for all."""
+        return audio_prep.encoder_batch(audio_list, in_sr_list, self.sample_rate, self.downsampling_ratio,
+                                        self.audio_channels)
+
     # -- whole-signal ---------------------------------------------------------------------------------
 
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
@@ -463,7 +482,7 @@ class SAMEAutoencoder(nn.Module):
 
     # -- chunked (official scheme, sizes in latents) --------------------------------------------------
 
-    def encode_audio(self, audio: torch.Tensor, chunked: bool, chunk_size: int = 128, overlap: int = 32) -> torch.Tensor:
+    def encode_audio(self, audio: torch.Tensor, chunked: bool = False, chunk_size: int = 128, overlap: int = 32) -> torch.Tensor:
         """Encode, in overlapping chunks of ``chunk_size`` latents when ``chunked`` and the audio is long enough.
 
         Chunked output has exactly ceil(T / 4096) latents. The audio is zero-padded to whole
@@ -509,7 +528,7 @@ class SAMEAutoencoder(nn.Module):
             first, last = (span.keep_start - start) * ratio, (span.keep_end - start) * ratio
             yield span.keep_start * ratio, audio[..., first:last]
 
-    def decode_audio(self, latents: torch.Tensor, chunked: bool, chunk_size: int = 128, overlap: int = 32,
+    def decode_audio(self, latents: torch.Tensor, chunked: bool = False, chunk_size: int = 128, overlap: int = 32,
                      progress: Callable[[int, int], None] | None = None, trim: bool = True) -> torch.Tensor:
         """Decode, in overlapping chunks of ``chunk_size`` latents when ``chunked`` and the input is long enough.
 

@@ -61,7 +61,7 @@ def test_cli_batch_inpainting_writes_one_file_per_item(tmp_path: Path, fixtures_
                  "--duration", "3", "--duration", "2", "--steps", "2", "--inpaint-audio", str(source),
                  "--region", "0.5:1.0", "--region", "1.5:1.8", "--seed", "1", "--out", str(out)])
     assert code == 0
-    assert [read_wav(tmp_path / f"b_{i}.wav")[1].shape for i in (1, 2)] == [(2, 3 * 44100), (2, 2 * 44100)]
+    assert [read_wav(tmp_path / f"b_{i}.wav")[1].shape for i in (0, 1)] == [(2, 3 * 44100), (2, 2 * 44100)]
 
 
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, fixtures_dir: Path, capsys) -> None:

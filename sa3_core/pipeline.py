@@ -171,15 +171,20 @@ class StableAudioModel:
         text_encoder_path: str | Path | None = None,
         attention_backend: str = "auto",
         base: bool = False,
+        autoencoder_dtype: torch.dtype | None = None,
+        weight_dtype: torch.dtype | None = None,
     ) -> "StableAudioModel":
         """Load an official model folder or a Comfy-Org single file (then ``text_encoder_path`` is needed
         to encode prompts). Never touches the network. ``device`` defaults to cuda -> mps -> cpu, ``dtype``
-        to fp16 on CUDA and fp32 elsewhere; SAME never runs in bf16 on MPS (sa3_core.precision)."""
+        to fp16 on CUDA, float32 on MPS and on CPU the faster of bf16 and fp32 (measured once), SAME's
+        ``autoencoder_dtype`` to the same with exceptions (never bf16 on MPS); see sa3_core.precision.
+        ``weight_dtype`` (``torch.float8_e4m3fn`` / ``float8_e5m2``) stores the DiT's and the text
+        encoder's weight matrices in float8, computing in ``dtype`` (sa3_core.ops)."""
         device = torch.device(device) if device is not None else default_device()
-        dtypes = component_dtypes(device, dtype)
+        dtypes = component_dtypes(device, dtype, autoencoder_dtype)
         components = load_components(path, device=device, dtype=dtypes.dit, autoencoder_dtype=dtypes.autoencoder,
-                                     text_encoder_path=text_encoder_path, attention_backend=attention_backend,
-                                     base=base)
+                                     weight_dtype=weight_dtype, text_encoder_path=text_encoder_path,
+                                     attention_backend=attention_backend, base=base)
         return cls(components, device=device, dtype=dtypes.dit)
 
     # -- facts ----------------------------------------------------------------------------------------

@@ -32,7 +32,9 @@ def models(fixtures_dir: Path):
 
     def get(name: str) -> StableAudioModel:
         if name not in cache:
-            cache[name] = StableAudioModel.from_pretrained(fixtures_dir / name, device="cpu")
+            # float32 explicitly: the fixtures are fp32 results, and on a CPU with fast bf16 the default would
+            # be bf16 (sa3_core.precision).
+            cache[name] = StableAudioModel.from_pretrained(fixtures_dir / name, device="cpu", dtype=torch.float32)
         return cache[name]
 
     return get

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         (scratch / "no-frontend").mkdir()
         extra = ("--front-end-root", str(scratch / "no-frontend"))
         with ComfyServer(tree, base, custom_nodes={"comfyui-stable-audio-3": REPO}, extra_args=extra,
-                         cpu=args.device == "cpu") as server:
+                         cpu=args.device == "cpu", startup_timeout_s=600) as server:
             print(f"ComfyUI {COMFY_VERSION} up in {server.startup_seconds:.0f} s ({args.device})")
             if server.import_failures():
                 print(server.log_tail())

@@ -19,7 +19,8 @@ import math
 import torch
 from torch import nn
 
-from sa3_core.checkpoint import SA3Components, build_modules, preset_config
+from sa3_core.checkpoint import (AUTOENCODER_PREFIX, CONDITIONER_PREFIX, DIT_PREFIX, SA3Components, build_modules,
+                                 preset_config)
 from sa3_core.layers import DyT, RotaryEmbedding
 from sa3_core.ops import store_weights
 from sa3_core.pipeline import StableAudioModel
@@ -114,12 +115,15 @@ def random_model(
     config = preset_config(variant)
     generator = torch.Generator().manual_seed(seed)  # a CPU generator: weights are drawn on the CPU, then moved
     modules = build_modules(config, device="meta", dtype=torch.float32, attention_backend=attention_backend)
-    dit, autoencoder, conditioners = (randomise_(m, generator, "cpu").to(device) for m in modules.values())
-    dit, conditioners = dit.to(dtype), conditioners.to(dtype)
-    autoencoder = autoencoder.to(autoencoder_dtype or dtype)
+    # One module at a time, each cast (and the DiT's matrices stored) before the next is drawn: the peak is
+    # one module in fp32, not the whole model.
+    dit = randomise_(modules[DIT_PREFIX], generator, "cpu").to(device=device, dtype=dtype)
     if weight_dtype is not None:
         store_weights(dit, weight_dtype)
         dit.compute_dtype = dtype
+    autoencoder = randomise_(modules[AUTOENCODER_PREFIX], generator, "cpu").to(device=device,
+                                                                               dtype=autoencoder_dtype or dtype)
+    conditioners = randomise_(modules[CONDITIONER_PREFIX], generator, "cpu").to(device=device, dtype=dtype)
     encoder = random_text_encoder(text_encoder, device="cpu", dtype=dtype, weight_dtype=weight_dtype,
                                   generator=generator)
     encoder.to(device)

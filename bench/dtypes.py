@@ -21,17 +21,24 @@ import torch
 from sa3_core.checkpoint import DIT_PREFIX, build_modules, preset_config
 from sa3_core.layers import RotaryEmbedding, rotary_tables
 
+from sa3_core.ops import store_weights
+
 from .measure import load_average, machine_summary, matmul_rate
 from .random_model import randomise_
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Float8 weight storage (sa3_core.ops): the block's matrices in float8, cast to fp32 at every use.
+STORED = {"fp8_e4m3fn (fp32 compute)": torch.float8_e4m3fn, "fp8_e5m2 (fp32 compute)": torch.float8_e5m2}
 
 
-def dit_block(dtype: torch.dtype, device: str, tokens: int):
-    """A callable running one small-music DiT block (width 1024) on ``tokens`` tokens."""
+def dit_block(dtype: torch.dtype, device: str, tokens: int, weight_dtype: torch.dtype | None = None):
+    """A callable running one small-music DiT block (width 1024) on ``tokens`` tokens, its matrices stored
+    in ``weight_dtype`` when given."""
     config = preset_config("small")
     dit = build_modules(config, device="meta")[DIT_PREFIX]
     block = randomise_(dit.transformer.layers[0], torch.Generator().manual_seed(0), device).to(dtype)
+    if weight_dtype is not None:
+        store_weights(block, weight_dtype)
     e = config.dit.embed_dim
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, tokens, e, generator=g).to(device, dtype)
@@ -68,17 +75,24 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|")
     for device in devices:
         blocks = {name: dit_block(dtype, device, args.tokens) for name, dtype in DTYPES.items()}
+        blocks.update({name: dit_block(torch.float32, device, args.tokens, stored) for name, stored in STORED.items()})
         rates = {name: [] for name in DTYPES}
-        times = {name: [] for name in DTYPES}
+        times = {name: [] for name in blocks}
+        cpu_times = {name: [] for name in blocks}
         for _ in range(args.rounds):
             for name, dtype in DTYPES.items():
                 rates[name].append(matmul_rate(shapes, dtype=dtype, repeats=3, device=device))
-                times[name].append(blocks[name]())
+            for name, run in blocks.items():
+                cpu = time.process_time()
+                times[name].append(run())
+                cpu_times[name].append(time.process_time() - cpu)
         reference = statistics.median(times["fp32"])
-        for name in DTYPES:
-            block = statistics.median(times[name])
-            print(f"| {device} | {name} | {statistics.median(rates[name]) / 1e9:.1f} | {block * 1000:.0f} ms | "
-                  f"{block / reference:.2f}x |", flush=True)
+        cpu_reference = statistics.median(cpu_times["fp32"])
+        for name in blocks:
+            block, cpu = statistics.median(times[name]), statistics.median(cpu_times[name])
+            rate = f"{statistics.median(rates[name]) / 1e9:.1f}" if name in rates else "-"
+            print(f"| {device} | {name} | {rate} | {block * 1000:.0f} ms (CPU {cpu * 1000:.0f} ms) | "
+                  f"{block / reference:.2f}x (CPU {cpu / cpu_reference:.2f}x) |", flush=True)
     print(f"(medians of {args.rounds} interleaved rounds; load now {load_average():.1f})")
     return 0
 

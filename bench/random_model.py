@@ -19,8 +19,10 @@ import math
 import torch
 from torch import nn
 
-from sa3_core.checkpoint import SA3Components, build_modules, preset_config
+from sa3_core.checkpoint import (AUTOENCODER_PREFIX, CONDITIONER_PREFIX, DIT_PREFIX, SA3Components, build_modules,
+                                 preset_config)
 from sa3_core.layers import DyT, RotaryEmbedding
+from sa3_core.ops import store_weights
 from sa3_core.pipeline import StableAudioModel
 from sa3_core.same import WeightNormConv1d
 from sa3_core.text import T5GemmaTextEncoder, t5gemma_encoder_config
@@ -72,7 +74,7 @@ def word_tokenizer():
 
 
 def random_text_encoder(size: str, *, device: torch.device | str, dtype: torch.dtype,
-                        generator: torch.Generator) -> T5GemmaTextEncoder:
+                        generator: torch.Generator, weight_dtype: torch.dtype | None = None) -> T5GemmaTextEncoder:
     """``size="real"``: T5Gemma-b encoder shapes; ``"tiny"``: 1 layer, MLP 64 (hidden stays 768)."""
     from transformers import T5GemmaEncoderModel
 
@@ -91,7 +93,7 @@ def random_text_encoder(size: str, *, device: torch.device | str, dtype: torch.d
             exact = type(sub)(sub.config)  # tiny: only the table
             sub.inv_freq.copy_(exact.inv_freq)
             sub.original_inv_freq.copy_(exact.original_inv_freq)
-    return T5GemmaTextEncoder(model, word_tokenizer())
+    return T5GemmaTextEncoder(model, word_tokenizer(), weight_dtype=weight_dtype)
 
 
 def random_model(
@@ -99,18 +101,34 @@ def random_model(
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    autoencoder_dtype: torch.dtype | None = None,
+    weight_dtype: torch.dtype | None = None,
     text_encoder: str = "real",
     attention_backend: str = "auto",
     seed: int = 0,
 ) -> StableAudioModel:
-    """The post-trained ``variant`` ("small" = small-music, or "medium") with random weights."""
+    """The post-trained ``variant`` ("small" = small-music, or "medium") with random weights.
+
+    The same seed gives the same weights whatever the dtypes: they are drawn in float32 and then cast
+    (``autoencoder_dtype``: SAME's, default ``dtype``; ``weight_dtype``: float8 storage of the DiT's and
+    the text encoder's weight matrices, see sa3_core.ops), one module at a time."""
     config = preset_config(variant)
-    generator = torch.Generator().manual_seed(seed)
-    modules = build_modules(config, device="meta", dtype=dtype, attention_backend=attention_backend)
-    dit, autoencoder, conditioners = (randomise_(m, generator, device) for m in modules.values())
+    generator = torch.Generator().manual_seed(seed)  # a CPU generator: weights are drawn on the CPU, then moved
+    modules = build_modules(config, device="meta", dtype=torch.float32, attention_backend=attention_backend)
+    # One module at a time, each cast (and the DiT's matrices stored) before the next is drawn: the peak is
+    # one module in fp32, not the whole model.
+    dit = randomise_(modules[DIT_PREFIX], generator, "cpu").to(device=device, dtype=dtype)
+    if weight_dtype is not None:
+        store_weights(dit, weight_dtype)
+        dit.compute_dtype = dtype
+    autoencoder = randomise_(modules[AUTOENCODER_PREFIX], generator, "cpu").to(device=device,
+                                                                               dtype=autoencoder_dtype or dtype)
+    conditioners = randomise_(modules[CONDITIONER_PREFIX], generator, "cpu").to(device=device, dtype=dtype)
+    encoder = random_text_encoder(text_encoder, device="cpu", dtype=dtype, weight_dtype=weight_dtype,
+                                  generator=generator)
+    encoder.to(device)
     components = SA3Components(
-        config=config, dit=dit, autoencoder=autoencoder, conditioners=conditioners,
-        text_encoder=random_text_encoder(text_encoder, device=device, dtype=dtype, generator=generator),
+        config=config, dit=dit, autoencoder=autoencoder, conditioners=conditioners, text_encoder=encoder,
         source=f"random weights ({variant}, real shapes)", layout="random",
     )
     return StableAudioModel(components, device=device, dtype=dtype)

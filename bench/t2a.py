@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import statistics
 import sys
 import time
 
 import torch
 
+from sa3_core.precision import component_dtypes
 from sa3_core.sampling import GuidanceOptions
 
 from .flops import FlopModel, count_flops
@@ -35,6 +37,7 @@ from .random_model import random_model
 PROMPT = "warm ambient piano with soft drums and a slow bass line"
 STAGES = ("text", "sampling", "decode")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+WEIGHT_DTYPES = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 
 
 def gemm_shapes(model, tokens: int) -> list[tuple[int, int, int]]:
@@ -84,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cfg", type=float, default=1.0, help="cfg_scale (1 = the post-trained default)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    parser.add_argument("--dtype", choices=("auto",) + tuple(DTYPES), default="auto",
+                        help="compute dtype of the DiT and text encoder; auto: sa3_core.precision's choice")
+    parser.add_argument("--same-dtype", choices=("auto",) + tuple(DTYPES), default="auto",
+                        help="SAME's dtype; auto: sa3_core.precision's choice for the DiT's dtype")
+    parser.add_argument("--weights", choices=("default",) + tuple(WEIGHT_DTYPES), default="default",
+                        help="weight storage of the DiT's and text encoder's matrices (fp8: float8, cast at use)")
     parser.add_argument("--backend", default="auto", help="attention backend: auto, sdpa, band, flash")
     parser.add_argument("--text-encoder", choices=("real", "tiny"), default="real")
     parser.add_argument("--no-step-cache", action="store_true", help="recompute constant conditioning every step")
@@ -98,10 +106,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = DTYPES[args.dtype]
+    precision_log = logging.getLogger("sa3_core.precision")  # the dtype policy's choices and the CPU probe
+    precision_log.addHandler(logging.StreamHandler(sys.stdout))
+    precision_log.setLevel(logging.INFO)
     print(f"machine: {machine_summary()}")
+    dtypes = component_dtypes("cpu", DTYPES.get(args.dtype), DTYPES.get(args.same_dtype))
+    weight_dtype = WEIGHT_DTYPES.get(args.weights)
     started = time.perf_counter()
-    model = random_model(args.variant, dtype=dtype, text_encoder=args.text_encoder, attention_backend=args.backend)
+    model = random_model(args.variant, dtype=dtypes.dit, autoencoder_dtype=dtypes.autoencoder,
+                         weight_dtype=weight_dtype, text_encoder=args.text_encoder, attention_backend=args.backend)
     print(f"built random {args.variant} model ({args.text_encoder} T5Gemma) in {time.perf_counter() - started:.1f} s,"
           f" RSS {rss_bytes() / GiB:.2f} GiB")
     if args.compile != "none":
@@ -109,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         model.compile(parts, mode=args.compile_mode)
     flop_model = FlopModel(model.config, args.backend)
     chunked = False if args.unchunked else None
-    settings = (f"{args.steps} steps, cfg {args.cfg:g}, {args.dtype}, backend {args.backend}, "
+    names = {v: k for k, v in {**DTYPES, **WEIGHT_DTYPES}.items()}
+    settings = (f"{args.steps} steps, cfg {args.cfg:g}, DiT/text {names[dtypes.dit]} ({args.dtype}), "
+                f"SAME {names[dtypes.autoencoder]} ({args.same_dtype}), weights {args.weights}, backend {args.backend}, "
                 f"step cache {'off' if args.no_step_cache else 'on'}, decode {'unchunked' if args.unchunked else 'chunked'}, "
                 f"compile {args.compile}")
     print(f"settings: {settings}")

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..sa3_core.attention import BACKENDS
 from . import files
 from .common import CATEGORY, SA3ModelType
-from .model import DTYPES, SA3Model
+from .model import DTYPES, WEIGHT_DTYPES, SA3Model
 from .parsing import choose
 
 
@@ -42,12 +42,17 @@ class SA3ModelLoader(io.ComfyNode):
                     "T5Gemma prompt encoder. auto: an official folder uses its own t5gemma-b-b-ul2/; a single file "
                     "uses the t5gemma_b_b_ul2.safetensors from models/text_encoders.")),
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto", tooltip=(
-                    "Weight and compute precision. auto: float16 on CUDA (as the official code), float32 on CPU "
-                    "and Apple MPS. On MPS the audio decoder never runs in bfloat16 (it decodes to noise there); "
+                    "Weight and compute precision. auto: float16 on CUDA (as the official code), float32 on Apple "
+                    "MPS, and on CPU bfloat16 where this CPU multiplies it much faster than float32 (measured once), "
+                    "else float32. On MPS the audio decoder never runs in bfloat16 (it decodes to noise there); "
                     "it uses float32 instead.")),
                 io.Combo.Input("attention", options=list(BACKENDS), default="auto", tooltip=(
                     "Attention implementation. auto: flash-attn on CUDA when installed, else exact band attention "
                     "for windowed layers and PyTorch SDPA elsewhere. Results differ slightly between backends.")),
+                io.Combo.Input("weights", options=list(WEIGHT_DTYPES), default="default", optional=True, tooltip=(
+                    "Weight storage of the diffusion transformer and the text encoder. fp8_e4m3fn / fp8_e5m2 keep "
+                    "their weight matrices in 8 bits (about half the memory of float16, a quarter of float32) and "
+                    "compute in the dtype above; results differ slightly. LoRAs need the default storage.")),
             ],
             outputs=[SA3ModelType.Output(display_name="model", tooltip="The loaded Stable Audio 3 model.")],
         )
@@ -71,12 +76,13 @@ class SA3ModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: str, text_encoder: str = files.AUTO_TEXT_ENCODER, dtype: str = "auto",
-                attention: str = "auto") -> io.NodeOutput:
+                attention: str = "auto", weights: str = "default") -> io.NodeOutput:
         choose("dtype", dtype, list(DTYPES))
         choose("attention", attention, BACKENDS)
+        choose("weights", weights, list(WEIGHT_DTYPES))
         with files.relative_paths_in_errors():
             path = files.resolve_model(model)
             encoder = files.resolve_text_encoder(text_encoder, path)
             loaded = SA3Model.load(path, text_encoder=encoder, dtype=dtype, attention=attention,
-                                   base=path.is_file() and _base_from_name(model))
+                                   base=path.is_file() and _base_from_name(model), weights=weights)
         return io.NodeOutput(loaded)

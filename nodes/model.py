@@ -55,6 +55,9 @@ LORA_TARGETS = {
 }
 
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Weight storage of the DiT's and the text encoder's matrices; float8 is cast to the compute dtype at use by
+# ComfyUI's manual-cast layers (sa3_core.ops for the text encoder's transformers layers).
+WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 
 
 class SA3Part(nn.Module):
@@ -132,14 +135,17 @@ class SA3Model:
 
     @classmethod
     @torch.inference_mode(False)  # weights are not inference tensors: see load_parts
-    def load(cls, path: Path, *, text_encoder: Path | None, dtype: str, attention: str, base: bool) -> "SA3Model":
+    def load(cls, path: Path, *, text_encoder: Path | None, dtype: str, attention: str, base: bool,
+             weights: str = "default") -> "SA3Model":
         load_device = mm.get_torch_device()
         dtypes = component_dtypes(load_device, DTYPES[dtype])  # for the compute device, not the offload one
         weights_dtype = dtypes.dit
+        weight_storage = WEIGHT_DTYPES[weights]
         components = load_components(
             path, device=mm.unet_offload_device(), dtype=weights_dtype, autoencoder_dtype=dtypes.autoencoder,
-            text_encoder_path=text_encoder,
-            operations=comfy.ops.disable_weight_init, attention_backend=attention, base=base,
+            weight_dtype=weight_storage, text_encoder_path=text_encoder,
+            operations=comfy.ops.disable_weight_init if weight_storage is None else comfy.ops.manual_cast,
+            attention_backend=attention, base=base,
         )
         core = StableAudioModel(components, device=load_device, dtype=weights_dtype)
         text_modules = {"conditioners": core.conditioners}
@@ -183,6 +189,9 @@ class SA3Model:
         stacks = self._stacks(loras, shapes)
         parts = dict(self.base_parts)
         for part in ("dit", "text"):
+            if any(shapes[part][key][1] in WEIGHT_DTYPES.values() for key in stacks[part]):
+                raise ValueError(f"LoRA {name}: this model stores its weights in float8; load it with the "
+                                 "Loader's weights 'default' to apply LoRAs")
             patches = {key: _StackPatch(adapters, strengths, shapes[part][key][1], names)
                        for key, (adapters, strengths, names) in stacks[part].items()}
             if patches:

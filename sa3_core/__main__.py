@@ -33,6 +33,7 @@ from .wav import read_wav, write_wav
 
 PROG = "sa3"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+WEIGHT_DTYPES = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}
 
 
 def _region(text: str) -> tuple[float, float]:
@@ -111,7 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"folder searched for named models after the Hugging Face cache (also ${MODELS_DIR_ENV})")
     extra.add_argument("--text-encoder", help="T5Gemma folder or file (needed with a single-file model)")
     extra.add_argument("--base", action="store_true", help="a single-file -base model (rectified flow, Euler)")
-    extra.add_argument("--dtype", choices=sorted(DTYPES), help="overrides --no-half (default: float16 on CUDA, float32 elsewhere)")
+    extra.add_argument("--dtype", choices=sorted(DTYPES),
+                       help="compute dtype, overrides --no-half (default: float16 on CUDA, float32 on MPS; on CPU "
+                            "bfloat16 where it is measured much faster than float32, else float32)")
+    extra.add_argument("--autoencoder-dtype", choices=sorted(DTYPES), help="SAME's dtype (default: see --dtype)")
+    extra.add_argument("--weights", choices=sorted(WEIGHT_DTYPES),
+                       help="store the DiT's and text encoder's weight matrices in float8 (less memory)")
     extra.add_argument("--sampler", choices=SAMPLERS, help="default: pingpong (post-trained) / euler (base)")
     extra.add_argument("--apg-scale", type=float, default=1.0, help="1 = APG (default), 0 = plain CFG")
     extra.add_argument("--region", action="append", type=_region, default=[], metavar="START:END",
@@ -200,7 +206,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
     model = StableAudioModel.from_pretrained(args.model, device=args.device, model_half=not args.no_half,
                                              dtype=DTYPES.get(args.dtype), models_dir=args.models_dir,
                                              text_encoder_path=args.text_encoder, attention_backend=args.attention,
-                                             base=args.base)
+                                             base=args.base, autoencoder_dtype=DTYPES.get(args.autoencoder_dtype),
+                                             weight_dtype=WEIGHT_DTYPES.get(args.weights))
     loras = args.loras + [path for path, _, _ in args.lora]
     if loras:
         model.load_lora(loras)

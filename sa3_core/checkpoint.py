@@ -32,6 +32,7 @@ from torch import nn
 
 from .config import AutoencoderConfig, ConfigError, ModelConfig, autoencoder_config_from_dict
 from .dit import DiffusionTransformer
+from .ops import FLOAT8_DTYPES, OPS, storing
 from .same import SAMEAutoencoder
 from .text import (
     COMFY_IGNORED_PREFIXES,
@@ -47,7 +48,7 @@ from .text import (
 )
 
 Shape = tuple[int, ...]
-Operations = Any
+Operations = Any  # see sa3_core.ops
 
 DIT_PREFIX = "model.model."
 AUTOENCODER_PREFIX = "pretransform.model."
@@ -106,9 +107,16 @@ class SafetensorsFile:
     def read(self, key: str) -> torch.Tensor:
         """One tensor; a floating-point one must be finite (NaN weights only ever produce noise)."""
         tensor = self._file.get_tensor(key)
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if tensor.is_floating_point() and not _all_finite(tensor):
             raise CheckpointError(f"{self.path}: tensor {key} holds NaN or infinite values; the file is damaged")
         return tensor
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """``isfinite`` has no float8 kernels: those are checked as float16, which holds every float8 value."""
+    if tensor.element_size() == 1:
+        tensor = tensor.to(torch.float16)
+    return bool(torch.isfinite(tensor).all())
 
 
 class _DictSource:
@@ -308,18 +316,30 @@ def build_modules(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     autoencoder_dtype: torch.dtype | None = None,
-    operations: Operations = nn,
+    weight_dtype: torch.dtype | None = None,
+    operations: Operations = OPS,
     attention_backend: str = "auto",
 ) -> dict[str, nn.Module]:
     """The three checkpoint modules, keyed by their prefix in ``model.safetensors``.
 
     ``{"model.model.": DiffusionTransformer, "pretransform.model.": SAMEAutoencoder,
     "conditioner.conditioners.": Conditioners}``. Use ``device="meta"`` to build without memory.
-    ``autoencoder_dtype`` (default ``dtype``) lets SAME differ (see sa3_core.precision).
+    ``autoencoder_dtype`` (default ``dtype``) lets SAME differ (see sa3_core.precision). ``weight_dtype``
+    (a float8 dtype, or None) stores the DiT's Linear / Conv1d weight matrices in that dtype while the DiT
+    computes in ``dtype`` (``operations`` must cast weights at use, as :data:`sa3_core.ops.OPS` and
+    ``comfy.ops.manual_cast`` do; build float8 modules on ``meta`` and load them).
     """
+    dit_operations = operations
+    if weight_dtype is not None and weight_dtype != dtype:
+        if weight_dtype not in FLOAT8_DTYPES:
+            raise ValueError(f"weight storage dtype must be one of {FLOAT8_DTYPES} or None, got {weight_dtype}")
+        dit_operations = storing(operations, weight_dtype)
+    dit = DiffusionTransformer(config.dit, operations=dit_operations, device=device, dtype=dtype,
+                               attention_backend=attention_backend)
+    if dit_operations is not operations:
+        dit.compute_dtype = dtype or torch.get_default_dtype()  # its weights' dtype is not the compute dtype
     return {
-        DIT_PREFIX: DiffusionTransformer(config.dit, operations=operations, device=device, dtype=dtype,
-                                         attention_backend=attention_backend),
+        DIT_PREFIX: dit,
         AUTOENCODER_PREFIX: SAMEAutoencoder(config.autoencoder, operations=operations, device=device,
                                             dtype=autoencoder_dtype or dtype, attention_backend=attention_backend),
         CONDITIONER_PREFIX: Conditioners(config.conditioning, operations=operations, device=device, dtype=dtype),
@@ -359,15 +379,16 @@ class _PendingTextEncoder:
         self.key_map = key_map or {}  # transformers name -> key in the file
         self.tokenizer = tokenizer  # built from the file's SentencePiece bytes
 
-    def build(self, *, device, dtype, options: TextEncoderOptions) -> T5GemmaTextEncoder:
+    def build(self, *, device, dtype, options: TextEncoderOptions,
+              weight_dtype: torch.dtype | None = None) -> T5GemmaTextEncoder:
         try:
             if self.file is None:
-                return T5GemmaTextEncoder.from_folder(self.path, device=device, dtype=dtype,
+                return T5GemmaTextEncoder.from_folder(self.path, device=device, dtype=dtype, weight_dtype=weight_dtype,
                                                       max_length=options.max_length)
             state_dict = {k: self.file.read(v) for k, v in self.key_map.items()}
             return T5GemmaTextEncoder.from_state_dict(
                 state_dict, self.tokenizer, device=device, dtype=dtype, source=str(self.path),
-                max_length=options.max_length, **options.config_overrides,
+                weight_dtype=weight_dtype, max_length=options.max_length, **options.config_overrides,
             )
         except TextEncoderError as exc:
             raise CheckpointError(str(exc)) from None
@@ -462,10 +483,13 @@ def load_text_encoder(
     *,
     device: torch.device | str,
     dtype: torch.dtype,
+    weight_dtype: torch.dtype | None = None,
     options: TextEncoderOptions = TextEncoderOptions(),
 ) -> T5GemmaTextEncoder:
-    """The T5Gemma prompt encoder from an HF folder or a Comfy-Org single file, offline and strictly."""
-    return _check_text_encoder(Path(path), options).build(device=device, dtype=dtype, options=options)
+    """The T5Gemma prompt encoder from an HF folder or a Comfy-Org single file, offline and strictly;
+    ``weight_dtype`` (float8) stores its Linear / Embedding weights, it computes in ``dtype``."""
+    return _check_text_encoder(Path(path), options).build(device=device, dtype=dtype, weight_dtype=weight_dtype,
+                                                          options=options)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -546,6 +570,7 @@ def load_components(
     device: torch.device | str,
     dtype: torch.dtype,
     autoencoder_dtype: torch.dtype | None = None,
+    weight_dtype: torch.dtype | None = None,
     text_encoder_path: str | Path | None = None,
     text_encoder_dtype: torch.dtype | None = None,
     text_encoder_device: torch.device | str | None = None,
@@ -553,7 +578,7 @@ def load_components(
     text_encoder_options: TextEncoderOptions = TextEncoderOptions(),
     config: ModelConfig | str | Path | None = None,
     base: bool = False,
-    operations: Operations = nn,
+    operations: Operations = OPS,
     attention_backend: str = "auto",
 ) -> SA3Components:
     """Load an SA3 model from an official folder or a Comfy-Org single file.
@@ -563,6 +588,9 @@ def load_components(
             subfolder) or a single ``.safetensors`` file.
         device, dtype: where and in which dtype the DiT, SAME and conditioners live.
         autoencoder_dtype: SAME's dtype when it differs (default ``dtype``; see sa3_core.precision).
+        weight_dtype: a float8 dtype to store the weight matrices of the DiT and the text encoder in (each
+            is converted as it is read, from whatever dtype the file holds: fp32, fp16, bf16 or float8);
+            they compute in ``dtype`` / ``text_encoder_dtype``. None: weights in the compute dtype.
         text_encoder_path: T5Gemma folder or Comfy-Org file; default for a folder is the one its config
             names, for a single file there is none (``text_encoder`` is then None).
         text_encoder_dtype / text_encoder_device: default to ``dtype`` / ``device``.
@@ -574,7 +602,7 @@ def load_components(
 
     The model weights and the text encoder's files are checked before any weight is read; nothing is
     loaded when a check fails. (A T5Gemma *folder*'s tensors are checked by transformers while loading,
-    after the SA3 weights; the modules are new objects, so a failure there leaves nothing behind.)
+    which happens first; the modules are new objects, so a failure there leaves nothing behind.)
     """
     path = Path(path)
     if not path.exists():
@@ -606,19 +634,21 @@ def load_components(
         layout = "single_file"
 
     modules = build_modules(model_config, device="meta", dtype=dtype, autoencoder_dtype=autoencoder_dtype,
-                            operations=operations, attention_backend=attention_backend)
+                            weight_dtype=weight_dtype, operations=operations, attention_backend=attention_backend)
     _check_sa3_weights(weights, modules, model_config)
     pending_te = None
     if load_text_encoder and te_path is not None:
         pending_te = _check_text_encoder(te_path, text_encoder_options, te_named_by)
 
-    for prefix, module in modules.items():
-        _load_checked(module, weights, prefix, device)
-        module.eval().requires_grad_(False)
+    # The text encoder first: it passes through its compute dtype before a float8 weight storage shrinks it,
+    # and that transient copy should not come on top of the DiT.
     text_encoder = None
     if pending_te is not None:
         text_encoder = pending_te.build(device=text_encoder_device or device, dtype=text_encoder_dtype or dtype,
-                                        options=text_encoder_options)
+                                        weight_dtype=weight_dtype, options=text_encoder_options)
+    for prefix, module in modules.items():
+        _load_checked(module, weights, prefix, device)
+        module.eval().requires_grad_(False)
     return SA3Components(
         config=model_config,
         dit=modules[DIT_PREFIX],
@@ -648,7 +678,7 @@ def load_autoencoder(
     device: torch.device | str,
     dtype: torch.dtype,
     config: AutoencoderConfig | None = None,
-    operations: Operations = nn,
+    operations: Operations = OPS,
     attention_backend: str = "auto",
 ) -> AutoencoderComponents:
     """Load a SAME autoencoder: a standalone SAME folder or file (bare keys) or the SAME part of an SA3 model.

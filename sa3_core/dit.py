@@ -33,7 +33,8 @@ from torch import nn
 
 from .attention import resolve_backend
 from .config import DiTConfig
-from .layers import Attention, ExpoFourierFeatures, FeedForward, Operations, RMSNorm, RotaryEmbedding, rotary_tables
+from .layers import Attention, ExpoFourierFeatures, FeedForward, RMSNorm, RotaryEmbedding, rotary_tables
+from .ops import OPS, LearnedTensor, Operations, attach_tensor
 
 
 def _mlp(dim_in: int, dim_out: int, *, bias: bool, operations: Operations, device, dtype) -> nn.Sequential:
@@ -67,7 +68,8 @@ class DiTBlock(nn.Module):
             device=device,
             dtype=dtype,
         )
-        self.to_scale_shift_gate = nn.Parameter(torch.zeros(6 * dim, device=device, dtype=dtype))
+        # A leaf module of its own (key still ``to_scale_shift_gate``), so ComfyUI can load it partially.
+        attach_tensor(self, "to_scale_shift_gate", LearnedTensor(6 * dim, device=device, dtype=dtype))
         self.pre_norm = RMSNorm(dim, **norm)
         self.self_attn = Attention(dim, **attn)
         self.cross_attend_norm = RMSNorm(dim, **norm)
@@ -102,7 +104,7 @@ class DiTBlock(nn.Module):
     ) -> torch.Tensor:
         """``x`` (B, M+L, E); ``constants`` from :meth:`constants`; ``modulation`` (B, 6E);
         ``padding_mask`` (B, M+L) or None; ``zero_padded_ff`` zeroes the FFN branch at padded rows (flash)."""
-        gates = (self.to_scale_shift_gate.to(modulation) + modulation).unsqueeze(1)
+        gates = (self.to_scale_shift_gate(modulation) + modulation).unsqueeze(1)
         scale_attn, shift_attn, gate_attn, scale_ff, shift_ff, gate_ff = gates.chunk(6, dim=-1)
 
         h = self.pre_norm(x) * (1 + scale_attn) + shift_attn
@@ -193,11 +195,11 @@ class DiTTransformer(nn.Module):
         super().__init__()
         dim = cfg.embed_dim
         self.num_memory_tokens = cfg.num_memory_tokens
+        if cfg.num_memory_tokens:  # first, as the official parameter: the same state-dict order
+            attach_tensor(self, "memory_tokens", LearnedTensor(cfg.num_memory_tokens, dim, device=device, dtype=dtype))
         self.project_in = operations.Linear(cfg.io_channels, dim, bias=False, device=device, dtype=dtype)
         self.project_out = operations.Linear(dim, cfg.io_channels, bias=False, device=device, dtype=dtype)
         self.rotary_pos_emb = RotaryEmbedding(max(cfg.head_dim // 2, 32), device=device, dtype=dtype)
-        if cfg.num_memory_tokens:
-            self.memory_tokens = nn.Parameter(torch.zeros(cfg.num_memory_tokens, dim, device=device, dtype=dtype))
         self.global_cond_embedder = nn.Sequential(
             operations.Linear(dim, dim, device=device, dtype=dtype),
             nn.SiLU(),
@@ -220,7 +222,7 @@ class DiTTransformer(nn.Module):
         batch = x.shape[0]
         h = self.project_in(x)
         if self.num_memory_tokens:
-            memory = self.memory_tokens.to(h).expand(batch, -1, -1)
+            memory = self.memory_tokens(h).expand(batch, -1, -1)
             h = torch.cat([memory, h], dim=1)
             if padding_mask is not None:
                 always_valid = torch.ones(batch, self.num_memory_tokens, dtype=torch.bool, device=padding_mask.device)
@@ -245,7 +247,8 @@ class DiffusionTransformer(nn.Module):
 
     Args:
         cfg: the parsed ``model.diffusion.config``.
-        operations: namespace providing ``Linear`` and ``Conv1d`` (``torch.nn`` or ``comfy.ops.*``).
+        operations: namespace providing ``Linear`` and ``Conv1d`` (:data:`sa3_core.ops.OPS`, a float8-storing
+            one from :func:`sa3_core.ops.storing`, or ``comfy.ops.*``).
         attention_backend: "auto", "sdpa", "band" or "flash" (see :mod:`sa3_core.attention`); can be changed
             later through the ``attention_backend`` property.
 
@@ -257,7 +260,7 @@ class DiffusionTransformer(nn.Module):
         self,
         cfg: DiTConfig,
         *,
-        operations: Operations = nn,
+        operations: Operations = OPS,
         device=None,
         dtype=None,
         attention_backend: str = "auto",

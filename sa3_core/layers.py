@@ -4,30 +4,26 @@ Module and parameter names follow the official checkpoints, so ``state_dict()`` 
 norms keep ``gamma`` (and ``alpha``/``beta`` for DyT), the feed-forward keeps ``ff.0.proj`` / ``ff.2``,
 attention keeps ``to_qkv`` or ``to_q``/``to_kv``, ``to_out``, ``q_norm``, ``k_norm``.
 
-Linear layers come from an injected ``operations`` namespace (``torch.nn`` by default, ComfyUI passes
-``comfy.ops.*``); small parameters that are used directly (norm scales) are cast to the input's device
-and dtype at use, as ComfyUI's manual-cast layers do.
+Linear layers come from an injected ``operations`` namespace (:data:`sa3_core.ops.OPS` by default, ComfyUI
+passes ``comfy.ops.*``). Every other parameter lives in a leaf module marked :class:`~sa3_core.ops.CastWeights`
+and is cast to the input's device and dtype at use, as ComfyUI's manual-cast layers do, so ComfyUI can load
+a model partially (see :mod:`sa3_core.ops`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .attention import Window, attention
-
-Operations = Any  # a namespace with Linear / Conv1d classes: torch.nn or comfy.ops.*
-
-
-def _cast(param: torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    return param.to(device=like.device, dtype=dtype or like.dtype)
+from .ops import OPS, CastWeights, Operations, cast_param
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(nn.Module, CastWeights):
     """RMS normalisation over the last dim with a learned scale ``gamma`` (no bias).
 
     ``force_fp32=True`` normalises in float32 and casts back (the DiT's block norms, eps 1e-5);
@@ -42,12 +38,13 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.force_fp32:
-            out = F.rms_norm(x.float(), x.shape[-1:], weight=_cast(self.gamma, x, torch.float32), eps=self.eps)
+            out = F.rms_norm(x.float(), x.shape[-1:], weight=cast_param(self, "gamma", x, dtype=torch.float32),
+                             eps=self.eps)
             return out.to(x.dtype)
-        return F.rms_norm(x, x.shape[-1:], weight=_cast(self.gamma, x), eps=self.eps)
+        return F.rms_norm(x, x.shape[-1:], weight=cast_param(self, "gamma", x), eps=self.eps)
 
 
-class DyT(nn.Module):
+class DyT(nn.Module, CastWeights):
     """Dynamic tanh, ``gamma * tanh(alpha * x) + beta`` with a learned scalar ``alpha`` (SAME's norm)."""
 
     def __init__(self, dim: int, *, init_alpha: float = 4.0, device=None, dtype=None):
@@ -57,7 +54,7 @@ class DyT(nn.Module):
         self.beta = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _cast(self.gamma, x) * torch.tanh(_cast(self.alpha, x) * x) + _cast(self.beta, x)
+        return cast_param(self, "gamma", x) * torch.tanh(cast_param(self, "alpha", x) * x) + cast_param(self, "beta", x)
 
 
 class ExpoFourierFeatures(nn.Module):
@@ -86,12 +83,13 @@ class ExpoFourierFeatures(nn.Module):
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(in_dtype)
 
 
-class RotaryEmbedding(nn.Module):
+class RotaryEmbedding(nn.Module, CastWeights):
     """Rotary position table over ``dim`` channels (32 = the first half of a 64-dim head).
 
     ``inv_freq`` is a *persistent* buffer: the official checkpoints store it, and it is cast with the model
     (fp16 rounds it), so it is loaded, not recomputed. It is initialised to ``base^(-2j/dim)`` so that a
-    model built without a checkpoint still works.
+    model built without a checkpoint still works. Marked :class:`CastWeights` so that ComfyUI moves the
+    buffer with a partial load too (it only moves listed modules; this one has no parameters).
     """
 
     def __init__(self, dim: int = 32, *, base: float = 10000.0, device=None, dtype=None):
@@ -166,7 +164,7 @@ class FeedForward(nn.Module):
         mult: int = 4,
         *,
         sinusoidal: bool = False,
-        operations: Operations = nn,
+        operations: Operations = OPS,
         device=None,
         dtype=None,
     ):
@@ -208,7 +206,7 @@ class Attention(nn.Module):
         qk_norm: Literal["rms", "dyt"] = "rms",
         qk_norm_eps: float = 1e-6,
         backend: str = "auto",
-        operations: Operations = nn,
+        operations: Operations = OPS,
         device=None,
         dtype=None,
     ):

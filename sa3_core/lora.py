@@ -721,6 +721,10 @@ class LoRAStack:
         if weight is None:
             unmatched.append(f"{self.roots[target]}{path}")
             return None
+        if weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            # A merged LoRA weight rounded back to float8 would lose most of the LoRA's change.
+            raise LoRAError(f"{lora.path}: {self.roots[target]}{path} stores its weight in {weight.dtype}; "
+                            "LoRAs need the model loaded without float8 weight storage")
         return _Slot(target, path, module, weight)
 
     # -- strength, mode, gating ---------------------------------------------------------------------

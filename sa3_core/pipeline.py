@@ -181,21 +181,26 @@ class StableAudioModel:
         text_encoder_path: str | Path | None = None,
         attention_backend: str = "auto",
         base: bool = False,
+        autoencoder_dtype: torch.dtype | None = None,
+        weight_dtype: torch.dtype | None = None,
     ) -> "StableAudioModel":
         """Load an official model by name (``small-music``, ``small-sfx``, ``medium`` and their ``-base``
         versions, found offline in the Hugging Face cache or a models folder: sa3_core.hub), an official
         model folder, or a Comfy-Org single file (then ``text_encoder_path`` is needed to encode prompts).
         Never touches the network. ``device`` defaults to cuda -> mps -> cpu.
 
-        Precision: ``dtype`` when given; otherwise ``model_half`` (the official flag, default True) selects
-        the device's default (sa3_core.precision: fp16 on CUDA, fp32 on CPU/MPS) and ``model_half=False``
-        float32. SAME never runs in bf16 on MPS."""
+        Precision (sa3_core.precision): ``dtype`` when given; otherwise ``model_half`` (the official flag,
+        default True) selects the device's default — fp16 on CUDA, fp32 on MPS, on CPU the faster of bf16
+        and fp32 (measured once per process) — and ``model_half=False`` float32 everywhere. SAME's
+        ``autoencoder_dtype`` follows with exceptions (never bf16 on MPS). ``weight_dtype``
+        (``torch.float8_e4m3fn`` / ``float8_e5m2``) stores the DiT's and the text encoder's weight matrices
+        in float8, computing in the compute dtype (sa3_core.ops)."""
         device = torch.device(device) if device is not None else default_device()
         resolved = hub.resolve_model(model_name_or_path, models_dir=models_dir)
         requested = dtype if dtype is not None else (None if model_half else torch.float32)
-        dtypes = component_dtypes(device, requested)
+        dtypes = component_dtypes(device, requested, autoencoder_dtype)
         components = load_components(resolved.folder, device=device, dtype=dtypes.dit,
-                                     autoencoder_dtype=dtypes.autoencoder,
+                                     autoencoder_dtype=dtypes.autoencoder, weight_dtype=weight_dtype,
                                      text_encoder_path=text_encoder_path or resolved.text_encoder,
                                      attention_backend=attention_backend, base=base)
         return cls(components, device=device, dtype=dtypes.dit)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +33,7 @@ from . import audio_prep
 from .attention import BACKENDS
 from .config import AutoencoderConfig, SAMEConfig
 from .layers import Attention, DyT, FeedForward, RotaryEmbedding
-
-Operations = Any  # a namespace with torch.nn-compatible Linear / Conv1d (torch.nn or comfy.ops.*)
+from .ops import OPS, CastWeights, LearnedTensor, Operations, attach_tensor, cast_param
 
 
 # --------------------------------------------------------------------------------------------------
@@ -73,7 +72,7 @@ class PatchedPretransform(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-class WeightNormConv1d(nn.Module):
+class WeightNormConv1d(nn.Module, CastWeights):
     """Conv1d with the *old* ``torch.nn.utils.weight_norm`` parametrisation and "same" padding.
 
     The checkpoints store ``weight_g`` [out, 1, 1] and ``weight_v`` [out, in, k]; the effective weight
@@ -105,8 +104,7 @@ class WeightNormConv1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.effective_weight(x.device).to(x.dtype)
-        bias = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype)
-        return F.conv1d(x, weight, bias, padding=self.kernel_size // 2)
+        return F.conv1d(x, weight, cast_param(self, "bias", x), padding=self.kernel_size // 2)
 
 
 class Transpose(nn.Module):
@@ -158,6 +156,9 @@ class TransformerResampler(nn.Module):
         if cfg.transformer_depths[0] < 1:
             raise ValueError("SAME needs at least one transformer layer per resampling block")
         factory = {"device": device, "dtype": dtype}
+        # The learned token: a leaf module of its own (key still ``new_tokens``) so that ComfyUI can load it
+        # partially; registered first, where the official parameter sits in the state dict.
+        attach_tensor(self, "new_tokens", LearnedTensor(1, 1, cfg.width, **factory))
         self.side = side
         self.stride = cfg.strides[0]
         self.group = self.stride + 1  # tokens per latent in the packed sequence
@@ -169,7 +170,6 @@ class TransformerResampler(nn.Module):
             self.mapping = WeightNormConv1d(cfg.io_channels, dim, kernel, **factory)
         else:
             self.mapping = WeightNormConv1d(dim, cfg.io_channels, kernel, **factory)
-        self.new_tokens = nn.Parameter(torch.randn(1, 1, dim, **factory) * 1e-5)
 
         # The official rule: block i gets the sin(pi x) gate when depth - i < sinusoidal_blocks.
         sinusoidal_blocks = cfg.sinusoidal_blocks[0]
@@ -254,7 +254,7 @@ class TransformerResampler(nn.Module):
         x = self.mapping(patches).transpose(1, 2)  # (B, T, d)
         batch, length, dim = x.shape
         groups = x.reshape(batch * (length // self.stride), self.stride, dim)
-        learned = self.new_tokens.to(x).expand(groups.shape[0], 1, dim)
+        learned = self.new_tokens(x).expand(groups.shape[0], 1, dim)
         x = torch.cat([groups, learned], dim=1).reshape(batch, -1, dim)
         x = self._run_transformers(x)
         latents = x.reshape(batch, -1, self.group, dim)[:, :, -1]  # the learned token of each group
@@ -265,7 +265,7 @@ class TransformerResampler(nn.Module):
         x = latents.transpose(1, 2)  # (B, L, d)
         x = F.pad(x, (0, 0, 0, -x.shape[1] % self.pad_multiple))
         batch, length, dim = x.shape
-        learned = self.new_tokens.to(x).expand(batch * length, self.stride, dim)
+        learned = self.new_tokens(x).expand(batch * length, self.stride, dim)
         x = torch.cat([x.reshape(batch * length, 1, dim), learned], dim=1).reshape(batch, -1, dim)
         x = self._run_transformers(x)
         x = x.reshape(batch, length, self.group, dim)[:, :, 1:]  # the 16 learned slots of each group
@@ -312,7 +312,7 @@ class SAMEDecoder(nn.Module):
         return latents
 
 
-class SoftNormBottleneck(nn.Module):
+class SoftNormBottleneck(nn.Module, CastWeights):
     """Per-channel affine, then a global scale (``running_std``, frozen at inference).
 
     ``noise_scaling_factor`` has zero channels in every released model (no noise augmentation); it
@@ -328,11 +328,11 @@ class SoftNormBottleneck(nn.Module):
         self.running_std = nn.Parameter(torch.ones(1, **factory), requires_grad=False)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        x = x * self.scaling_factor.to(x) + self.bias.to(x)
-        return x / self.running_std.to(x)
+        x = x * cast_param(self, "scaling_factor", x) + cast_param(self, "bias", x)
+        return x / cast_param(self, "running_std", x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.running_std.to(z)
+        return z * cast_param(self, "running_std", z)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -399,7 +399,7 @@ class SAMEAutoencoder(nn.Module):
     ``attention_backend`` is handed to every attention layer ("auto", "sdpa", "band", "flash").
     """
 
-    def __init__(self, cfg: AutoencoderConfig, *, operations: Operations = torch.nn,
+    def __init__(self, cfg: AutoencoderConfig, *, operations: Operations = OPS,
                  device: torch.device | None = None, dtype: torch.dtype | None = None,
                  attention_backend: str = "auto"):
         super().__init__()

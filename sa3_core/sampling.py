@@ -255,9 +255,11 @@ def sample_pingpong(
     """Ping-pong sampling for distilled models: jump to the clean estimate, re-noise to the next t.
 
     ``d = x - t_i v``; ``x <- (1 - t_{i+1}) d + t_{i+1} n`` with fresh noise ``n`` EVERY step, including the
-    last one (where ``t_{i+1} = 0`` discards it): ``steps`` draws shaped like ``x`` in ``x``'s dtype.
+    last one (where ``t_{i+1} = 0`` discards it): ``steps`` draws shaped like ``x``.
     Noise comes from ``torch.randn_like(x)`` (the global generator of x's device, the official behaviour
-    after ``torch.manual_seed(seed)``) unless an explicit ``generator`` is given.
+    after ``torch.manual_seed(seed)``) unless an explicit ``generator`` is given; that one draws in float32
+    and casts to ``x``'s dtype, so one seed gives the same noise in every precision (``randn`` in bf16 or
+    fp16 draws entirely different numbers than in fp32, which decorrelates a whole run).
     """
     sched = _per_item(schedule, x)
     total = sched.shape[-1] - 1
@@ -270,7 +272,7 @@ def sample_pingpong(
         if generator is None:
             noise = torch.randn_like(x)
         else:
-            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=x.device).to(x.dtype)
         x = (1 - _col(t_next)) * denoised + _col(t_next) * noise
     return x
 

@@ -27,10 +27,10 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from . import ops
 from .config import ConditioningConfig
 from .layers import ExpoFourierFeatures
-
-Operations = Any  # a namespace with a Linear class: torch.nn or comfy.ops.*
+from .ops import OPS, CastWeights, Operations, cast_param
 
 logger = logging.getLogger(__name__)
 
@@ -109,17 +109,23 @@ class T5GemmaTextEncoder:
     encoding the same prompt again - the empty negative prompt, a re-run with a new seed - does not run
     the encoder. A prompt's encoding does not depend on the rest of the batch (every row is padded to
     the same length), so per-prompt caching returns what a batched call would. ``to()`` clears it.
+
+    Weight storage: the model's ``nn.Linear`` / ``nn.Embedding`` layers become the casting layers of
+    :mod:`sa3_core.ops` (same parameters, same results), so ``weight_dtype`` (e.g. float8) can store their
+    weights (converted here, one matrix at a time) while the encoder computes in its other parameters'
+    dtype.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, max_length: int = 256, cache_size: int = 16):
-        self.model = model.eval().requires_grad_(False)
+    def __init__(self, model: nn.Module, tokenizer: Any, *, max_length: int = 256, cache_size: int = 16,
+                 weight_dtype: torch.dtype | None = None):
+        hidden = model.config.encoder.hidden_size
+        if hidden != 768:
+            raise TextEncoderError(f"expected a T5Gemma-b encoder with hidden size 768, got {hidden}")
+        self.model = ops.store_weights(model.eval().requires_grad_(False), weight_dtype)
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        hidden = model.config.encoder.hidden_size
-        if hidden != 768:
-            raise TextEncoderError(f"expected a T5Gemma-b encoder with hidden size 768, got {hidden}")
 
     # -- construction ------------------------------------------------------------------------------
 
@@ -130,6 +136,7 @@ class T5GemmaTextEncoder:
         *,
         device: torch.device | str,
         dtype: torch.dtype,
+        weight_dtype: torch.dtype | None = None,
         max_length: int = 256,
         cache_size: int = 16,
     ) -> "T5GemmaTextEncoder":
@@ -164,7 +171,7 @@ class T5GemmaTextEncoder:
             raise TextEncoderError(f"{folder}: cannot load the T5Gemma encoder weights ({exc})") from None
         _raise_on_incomplete_load(info, str(folder))
         _raise_on_non_finite(model, str(folder))
-        return cls(model.to(device), tokenizer, max_length=max_length, cache_size=cache_size)
+        return cls(model.to(device), tokenizer, max_length=max_length, cache_size=cache_size, weight_dtype=weight_dtype)
 
     @classmethod
     def from_state_dict(
@@ -175,6 +182,7 @@ class T5GemmaTextEncoder:
         device: torch.device | str,
         dtype: torch.dtype,
         source: str,
+        weight_dtype: torch.dtype | None = None,
         max_length: int = 256,
         cache_size: int = 16,
         **config_overrides: Any,
@@ -197,7 +205,7 @@ class T5GemmaTextEncoder:
         except (OSError, ValueError, RuntimeError) as exc:
             raise TextEncoderError(f"{source}: cannot build the T5Gemma encoder ({exc})") from None
         _raise_on_incomplete_load(info, source)
-        return cls(model.to(device), tokenizer, max_length=max_length, cache_size=cache_size)
+        return cls(model.to(device), tokenizer, max_length=max_length, cache_size=cache_size, weight_dtype=weight_dtype)
 
     # -- device / dtype ----------------------------------------------------------------------------
 
@@ -207,10 +215,14 @@ class T5GemmaTextEncoder:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.encoder.embed_tokens.weight.dtype
+        """The dtype the encoder computes in (its weights may be stored in another, see ``weight_dtype``)."""
+        return self.model.encoder.embed_tokens.compute_dtype
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "T5GemmaTextEncoder":
+        """Move (and cast: every weight, a float8 storage too) the encoder."""
         self.model.to(device=device, dtype=dtype)
+        if dtype is not None:
+            self.model.encoder.embed_tokens.compute_dtype = dtype
         self.clear_cache()
         return self
 
@@ -515,7 +527,7 @@ def tokenizer_from_sentencepiece(
 # --------------------------------------------------------------------------------------------------
 
 
-class PromptConditioner(nn.Module):
+class PromptConditioner(nn.Module, CastWeights):
     """Replaces padded token rows of the T5Gemma output by a learned vector (``padding_embedding``).
 
     With ``padding_mode="learned"`` (every released SA3 model) an empty prompt becomes 256 copies of
@@ -536,14 +548,14 @@ class PromptConditioner(nn.Module):
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``hidden`` (B, N, dim) and token mask (B, N) -> ``(embeddings (B, N, dim), mask (B, N) bool)``.
 
-        The output lives on the padding embedding's device and dtype (the model's), whatever the text
-        encoder's were.
+        The output is in the padding embedding's dtype (the model's), whatever the text encoder's was, on
+        ``hidden``'s device.
         """
         if hidden.shape[-1] != self.dim:
             raise ValueError(f"prompt embeddings have {hidden.shape[-1]} channels, expected {self.dim}")
         if self.padding_mode == "learned":
-            hidden = hidden.to(device=self.padding_embedding.device, dtype=self.padding_embedding.dtype)
-            fill = self.padding_embedding.expand_as(hidden)
+            hidden = hidden.to(dtype=self.padding_embedding.dtype)
+            fill = cast_param(self, "padding_embedding", hidden).expand_as(hidden)
         else:
             fill = torch.zeros_like(hidden)
         mask = mask.to(device=hidden.device, dtype=torch.bool)
@@ -573,7 +585,7 @@ class SecondsConditioner(nn.Module):
     """
 
     def __init__(self, dim: int = 768, *, min_val: float = 0.0, max_val: float = 384.0, features: int = 256,
-                 operations: Operations = nn, device=None, dtype=None):
+                 operations: Operations = OPS, device=None, dtype=None):
         super().__init__()
         if max_val <= min_val:
             raise ValueError(f"max_val {max_val} must exceed min_val {min_val}")
@@ -619,7 +631,7 @@ class Conditioners(nn.Module):
     submodule, so it is neither in the checkpoint nor moved or cast with this module.
     """
 
-    def __init__(self, cfg: ConditioningConfig, *, operations: Operations = nn, device=None, dtype=None):
+    def __init__(self, cfg: ConditioningConfig, *, operations: Operations = OPS, device=None, dtype=None):
         super().__init__()
         self.config = cfg
         self.prompt = PromptConditioner(cfg.cond_dim, padding_mode=cfg.prompt.padding_mode, device=device, dtype=dtype)

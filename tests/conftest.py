@@ -5,10 +5,17 @@ the terminal summary lists every recorded case (whatever ``-r`` / ``-q`` say), s
 each case came, not only that it passed.
 """
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+# The golden fixtures are the official fp32 results, and the e2e tests compare a ComfyUI server (Loader "auto")
+# with the Python API in this process: fix sa3_core's CPU dtype policy to fp32 for the whole run, in every
+# process it starts, instead of measuring per process (the policy's rule is unit-tested with injected
+# measurements, bf16 runs by asking for it).
+os.environ.setdefault("SA3_CPU_DTYPE", "float32")
 
 from tests.golden import FIXTURES_DIR, TOLERANCE, CaseErrors
 

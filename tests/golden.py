@@ -105,7 +105,10 @@ class ModelCache:
 
     def __call__(self, folder: str) -> StableAudioModel:
         if folder not in self._models:
-            self._models[folder] = StableAudioModel.from_pretrained(self.set_dir / folder, device="cpu")
+            # float32 explicitly: the fixtures are the official CPU (fp32) results, and on a CPU with fast bf16
+            # our default would be bf16 (sa3_core.precision).
+            self._models[folder] = StableAudioModel.from_pretrained(self.set_dir / folder, device="cpu",
+                                                                    dtype=torch.float32)
         return self._models[folder]
 
     def for_case(self, name: str) -> StableAudioModel:

@@ -235,7 +235,7 @@ def test_a_long_clip_is_cut_to_the_window_before_resampling(model: StableAudioMo
 
 
 def test_extra_channels_are_dropped_as_the_official_code_does_and_said(model: StableAudioModel, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="sa3_core.pipeline")
+    caplog.set_level(logging.WARNING, logger="sa3_core.audio_prep")
     window = model.plan_window([1.0])
     eight = torch.randn(8, SR, generator=torch.Generator().manual_seed(8)) * 0.1
     model.prepare_audio((SR, eight[:2]), window, name="init_audio")

@@ -95,7 +95,7 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    """`python main.py --cpu` on a loopback port, with our packs symlinked into its custom_nodes.
+    """`python main.py [--cpu]` on a loopback port, with our packs symlinked into its custom_nodes.
 
     Use as a context manager; the log goes to `<base_dir>/comfyui.log`.
 
@@ -112,9 +112,11 @@ class ComfyServer:
         links: dict[str, Path] | None = None,
         extra_args: tuple[str, ...] = (),
         startup_timeout_s: float = 180.0,
+        cpu: bool = True,
     ) -> None:
         """`custom_nodes`: folder name in custom_nodes/ -> pack directory.
         `links`: path relative to the base directory (e.g. "models/checkpoints/tiny.safetensors") -> source.
+        `cpu`: pass `--cpu` (the tests); False lets ComfyUI use its GPU (bench/comfy_t2a.py).
         """
         self.comfy_dir = Path(comfy_dir)
         self.base_dir = Path(base_dir)
@@ -122,6 +124,7 @@ class ComfyServer:
         self.links = dict(links or {})
         self.extra_args = tuple(extra_args)
         self.startup_timeout_s = startup_timeout_s
+        self.cpu = cpu
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.base_dir / "comfyui.log"
@@ -171,7 +174,7 @@ class ComfyServer:
         self.port = free_port()
         command = [
             sys.executable, "main.py",
-            "--cpu",
+            *(("--cpu",) if self.cpu else ()),
             "--listen", "127.0.0.1",
             "--port", str(self.port),
             "--base-directory", str(self.base_dir),

@@ -27,7 +27,7 @@ LATENT_TOLERANCE = 1e-5  # relative L2 of the saved float32 latents; see test_sa
 # Node ids and the order of their inputs are public API: UI workflows store widget values by position and
 # API prompts by name. Append new inputs at the end (optional); never rename or reorder.
 NODE_INPUTS = {
-    "SA3_ModelLoader": ["model", "text_encoder", "dtype", "attention"],
+    "SA3_ModelLoader": ["model", "text_encoder", "dtype", "attention", "weights"],
     "SA3_LoRAApply": ["model", "lora_name", "strength", "target"],
     "SA3_TextEncode": ["model", "prompt", "negative_prompt", "duration", "per_item_durations"],
     "SA3_EmptyLatent": ["model", "duration", "batch_size", "conditioning"],
@@ -68,7 +68,8 @@ def t2a_graph(prompt: str = "piano", *, duration: float = 2.0, seed: int = 1, st
 
 @pytest.fixture(scope="module")
 def reference_model(sa3_tiny_model: Path) -> StableAudioModel:
-    return StableAudioModel.from_pretrained(sa3_tiny_model, device="cpu", dtype=torch.float32)
+    # The dtype policy's choice, as the workflows' Loader "auto" (bf16 on a CPU where it is much faster).
+    return StableAudioModel.from_pretrained(sa3_tiny_model, device="cpu")
 
 
 def saved_audio(comfy: ComfyClient, result) -> list[np.ndarray]:
@@ -145,6 +146,24 @@ def test_changing_only_the_prompt_reuses_the_loaded_model(sa3_server: ComfyServe
     assert part_loads(sa3_server) == loaded  # and no part was loaded again: the weights stayed in place
     assert_matches(sa3_server, comfy, second,
                    python_api(reference_model, prompt="soft drums", duration=2.0, steps=4, seed=1001))
+
+
+def test_float8_weights_load_through_comfy_ops(sa3_server: ComfyServer, comfy: ComfyClient,
+                                               sa3_tiny_model: Path) -> None:
+    """The Loader's weights fp8_e4m3fn: the DiT built from comfy.ops.manual_cast with float8 matrices gives
+    what sa3_core's own float8 storage gives; a LoRA on it is refused with a clear error."""
+    graph = t2a_graph("piano", seed=5)
+    graph["1"]["inputs"]["weights"] = "fp8_e4m3fn"
+    fp8 = StableAudioModel.from_pretrained(sa3_tiny_model, device="cpu", weight_dtype=torch.float8_e4m3fn)
+    assert_matches(saved_audio(comfy, comfy.run(graph, timeout_s=300)),
+                   fp8.generate(prompt="piano", duration=2.0, steps=4, seed=5))
+
+    with_lora = t2a_graph("piano", seed=5, loras=((SA3_LORAS[0], 1.0, "dit and conditioner"),))
+    with_lora["1"]["inputs"]["weights"] = "fp8_e4m3fn"
+    result = comfy.run(with_lora, timeout_s=300)
+    assert not result.ok and result.error["node_id"] == "l0"
+    assert "float8" in result.error["exception_message"]
+    assert_next_prompt_runs(comfy)
 
 
 @pytest.mark.parametrize("settings", [

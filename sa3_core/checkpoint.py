@@ -43,9 +43,10 @@ from .text import (
     comfy_key_to_transformers,
     t5gemma_encoder_config,
     t5gemma_encoder_sizes,
-    tokenizer_from_sentencepiece,
+    t5gemma_folder_config,
     transformers_key_to_comfy,
 )
+from .tokenizer import TokenizerError, tokenizer_from_sentencepiece
 
 Shape = tuple[int, ...]
 Operations = Any  # see sa3_core.ops
@@ -140,12 +141,15 @@ def _refuse_pickle(path: Path) -> None:
         )
     try:
         with path.open("rb") as handle:
-            head = handle.read(4)
+            head = handle.read(9)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise CheckpointError(f"{path}: is a folder, expected a .safetensors file") from None
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+    # A safetensors file is an 8-byte header length, then the JSON header: byte 8 is "{". Its first byte
+    # is that length's low byte, so it can be 0x80 like a pickle's protocol marker (header of 1408 bytes).
+    safetensors_like = head[8:9] == b"{"
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and not safetensors_like):
         raise CheckpointError(
             f"{path}: holds a PyTorch pickle (zip/pickle) despite its name; only safetensors content is "
             "loaded (pickle files can run code and are never opened)"
@@ -197,9 +201,13 @@ def compare_shapes(expected: Mapping[str, Shape], found: Mapping[str, Shape]) ->
     )
 
 
+def _shapes(state: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, Shape]:
+    return {prefix + k: tuple(v.shape) for k, v in state.items()}
+
+
 def module_shapes(module: nn.Module, prefix: str = "") -> dict[str, Shape]:
     """``{prefix + key: shape}`` of everything the module's ``state_dict`` holds (works on meta modules)."""
-    return {prefix + k: tuple(v.shape) for k, v in module.state_dict().items()}
+    return _shapes(module.state_dict(), prefix)
 
 
 def _raise_report(report: KeyReport, source: str, against: str, hint: str = "") -> None:
@@ -222,38 +230,62 @@ def load_module_weights(
     *,
     prefix: str = "",
     device: torch.device | str | None = None,
+    reference: nn.Module | None = None,
 ) -> nn.Module:
-    """Check, then load ``tensors[prefix + key]`` into every ``module.state_dict()`` entry.
+    """Check, then load ``tensors[prefix + key]`` into ``module``.
+
+    The tensors expected are the entries of ``reference.state_dict()`` (default: ``module`` itself). Pass a
+    plain ``torch.nn`` build of the same module (on ``meta`` it costs nothing) when ``module``'s layers only
+    create their tensors while loading, as the newest ComfyUI's dynamic-VRAM ``Linear`` does (``weight`` is
+    None until its ``_load_from_state_dict`` runs), so ``module.state_dict()`` cannot say what they expect.
 
     Every expected key must be present with the same shape and no other ``prefix*`` key may exist;
     otherwise one :class:`CheckpointError` names ``source`` and the differences, and the module is left
-    untouched. Values are converted to the dtype of the module's own tensor (the dtype the module was
-    built in; buffers such as RoPE ``inv_freq`` take the file's values). A module built on ``meta``
-    gets the loaded tensors assigned (no second copy in memory) on ``device`` (default CPU); otherwise
-    values are copied in place on the module's device.
+    untouched. How the values land is :func:`_load_checked`'s rule.
     """
     src = tensors if hasattr(tensors, "read") else _DictSource(tensors, source or "<tensors>")
+    expected = (reference if reference is not None else module).state_dict()
     found = {k: s for k, s in src.shapes.items() if k.startswith(prefix)}
-    _raise_report(compare_shapes(module_shapes(module, prefix), found), source or src.name, type(module).__name__)
-    _load_checked(module, src, prefix, device)
+    _raise_report(compare_shapes(_shapes(expected, prefix), found), source or src.name, type(module).__name__)
+    _load_checked(module, expected, src, prefix, device)
     return module
 
 
-def _load_checked(module: nn.Module, src: TensorSource, prefix: str, device: torch.device | str | None) -> None:
-    """Load already-checked tensors (see :func:`load_module_weights`)."""
+def _load_checked(module: nn.Module, expected: Mapping[str, torch.Tensor], src: TensorSource, prefix: str,
+                  device: torch.device | str | None) -> None:
+    """Load already-checked tensors; ``expected`` is a plain build's ``state_dict()`` (names, shapes, dtypes).
+
+    A module whose tensors all exist on a real device gets the values copied in place, each converted to
+    that tensor's dtype and device. Otherwise (built on ``meta``, or with layers that create their tensors
+    while loading) the values are read, converted to the dtype of the module's own tensor - for a tensor the
+    module does not have yet, the plain build's dtype, i.e. the dtype asked for - on ``device`` (default
+    CPU), and given to ``module.load_state_dict(assign=True)``: every layer's own loader runs and keeps the
+    tensor it is given (assign), so no weight is held twice. The result is checked against ``expected``.
+    """
     targets = module.state_dict(keep_vars=True)
     unloadable = [n for n, b in module.named_buffers() if b.is_meta and n not in targets]
     if unloadable:  # non-persistent buffers built on meta would stay without values
         raise RuntimeError(f"{type(module).__name__}: meta buffers not in the checkpoint: {', '.join(unloadable)}")
-    if any(t.is_meta for t in targets.values()):
-        target_device = torch.device(device) if device is not None else torch.device("cpu")
-        loaded = {key: src.read(prefix + key).to(device=target_device, dtype=target.dtype)
-                  for key, target in targets.items()}
-        module.load_state_dict(loaded, strict=True, assign=True)
+    if targets.keys() == expected.keys() and not any(t.is_meta for t in targets.values()):
+        with torch.no_grad():
+            for key, target in targets.items():
+                target.copy_(src.read(prefix + key).to(device=target.device, dtype=target.dtype))
         return
-    with torch.no_grad():
-        for key, target in targets.items():
-            target.copy_(src.read(prefix + key).to(device=target.device, dtype=target.dtype))
+    target_device = torch.device(device) if device is not None else torch.device("cpu")
+    loaded = {key: src.read(prefix + key).to(device=target_device, dtype=targets.get(key, like).dtype)
+              for key, like in expected.items()}
+    name = type(module).__name__
+    try:
+        module.load_state_dict(loaded, strict=True, assign=True)
+    except RuntimeError as exc:  # the layers of these operations want other tensors than a torch.nn build
+        raise CheckpointError(f"{src.name}: {name} built with these operations refused the checkpoint's "
+                              f"tensors ({exc})") from None
+    report = compare_shapes(_shapes(expected), _shapes(module.state_dict()))
+    left_on_meta = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
+    if not report.ok or left_on_meta:  # layers that accepted a tensor but hold something else
+        details = report.describe() or f"  still on meta: {', '.join(left_on_meta[:_LIST_LIMIT])}"
+        raise CheckpointError(f"{src.name}: {name} built with these operations did not end up holding the "
+                              f"checkpoint's tensors\n{details}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -406,6 +438,13 @@ def _check_text_encoder(path: Path, options: TextEncoderOptions, named_by: str =
 
 
 def _check_text_encoder_folder(folder: Path) -> None:
+    """The files a T5Gemma folder needs, then its encoder tensors by name and shape against its config.
+
+    Decoder and LM-head tensors (the official folder holds the whole encoder-decoder model, encoder
+    tensors as ``model.encoder.*``) are not used and not checked, as transformers ignores them too.
+    """
+    from transformers import T5GemmaEncoderModel
+
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder}: no config.json; not a T5Gemma text encoder folder")
     if not ((folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()):
@@ -414,6 +453,30 @@ def _check_text_encoder_folder(folder: Path) -> None:
         raise CheckpointError(f"{folder}: no model.safetensors{extra}")
     if not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer.model").is_file()):
         raise CheckpointError(f"{folder}: no tokenizer.json or tokenizer.model")
+    try:
+        config = t5gemma_folder_config(folder)
+    except TextEncoderError as exc:
+        raise CheckpointError(str(exc)) from None
+    with torch.device("meta"):
+        expected = module_shapes(T5GemmaEncoderModel(config))
+    found: dict[str, Shape] = {}
+    for weights in _weight_files(folder):
+        for key, shape in SafetensorsFile(weights).shapes.items():
+            name = comfy_key_to_transformers(key) or key  # model.encoder.X (full model) -> encoder.X
+            if name.startswith("encoder."):
+                found[name] = shape
+    _raise_report(compare_shapes(expected, found), str(folder), "a T5Gemma encoder")
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """``model.safetensors``, or the shards ``model.safetensors.index.json`` names."""
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    index = folder / "model.safetensors.index.json"
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: no weight_map")
+    return [folder / name for name in sorted(set(weight_map.values()))]
 
 
 def _check_text_encoder_file(path: Path, options: TextEncoderOptions) -> _PendingTextEncoder:
@@ -459,7 +522,7 @@ def _check_text_encoder_file(path: Path, options: TextEncoderOptions) -> _Pendin
             file.read(COMFY_SPIECE_KEY).numpy().tobytes(), add_bos=options.add_bos, add_eos=options.add_eos,
             padding_side=options.padding_side, source=f"{path}:{COMFY_SPIECE_KEY}",
         )
-    except TextEncoderError as exc:
+    except TokenizerError as exc:
         raise CheckpointError(str(exc)) from None
     return _PendingTextEncoder(path, file, key_map, tokenizer)
 
@@ -546,12 +609,14 @@ def _as_model_config(config: ModelConfig | str | Path) -> ModelConfig:
     return config if isinstance(config, ModelConfig) else ModelConfig.from_json(config)
 
 
-def _check_sa3_weights(weights: SafetensorsFile, modules: Mapping[str, nn.Module], config: ModelConfig) -> None:
-    """One report over all three parts; a hint names the variant the weights look like."""
-    expected: dict[str, Shape] = {}
-    for prefix, module in modules.items():
-        expected.update(module_shapes(module, prefix))
-    report = compare_shapes(expected, weights.shapes)
+def _check_sa3_weights(weights: SafetensorsFile, expected: Mapping[str, Mapping[str, torch.Tensor]],
+                       config: ModelConfig) -> None:
+    """One report over all three parts (``{prefix: plain build's state_dict}``); a hint names the variant
+    the weights look like."""
+    shapes: dict[str, Shape] = {}
+    for prefix, state in expected.items():
+        shapes.update(_shapes(state, prefix))
+    report = compare_shapes(shapes, weights.shapes)
     if report.ok:
         return
     hint = ""
@@ -600,9 +665,8 @@ def load_components(
         base: for a single file with no ``config``: True selects the -base preset (rectified flow).
             Ignored otherwise: a config says it itself.
 
-    The model weights and the text encoder's files are checked before any weight is read; nothing is
-    loaded when a check fails. (A T5Gemma *folder*'s tensors are checked by transformers while loading,
-    which happens first; the modules are new objects, so a failure there leaves nothing behind.)
+    The model weights and the text encoder's tensors (names and shapes) are checked before any weight is
+    read; nothing is loaded when a check fails.
     """
     path = Path(path)
     if not path.exists():
@@ -633,9 +697,17 @@ def load_components(
             model_config = preset_config(detect_variant(weights.shapes, weights.name), base=base)
         layout = "single_file"
 
-    modules = build_modules(model_config, device="meta", dtype=dtype, autoencoder_dtype=autoencoder_dtype,
-                            weight_dtype=weight_dtype, operations=operations, attention_backend=attention_backend)
-    _check_sa3_weights(weights, modules, model_config)
+    def build(ops: Operations) -> dict[str, nn.Module]:
+        return build_modules(model_config, device="meta", dtype=dtype, autoencoder_dtype=autoencoder_dtype,
+                             weight_dtype=weight_dtype, operations=ops, attention_backend=attention_backend)
+
+    modules = build(operations)
+    # What the file must hold (names, shapes, and the dtypes the tensors are stored in) comes from a build with
+    # sa3_core's own eager layers: layers of other operations may create their tensors only while loading (the
+    # newest ComfyUI's dynamic-VRAM Linear), so their state_dict lacks them. On meta, that build costs nothing.
+    plain = modules if operations is OPS else build(OPS)
+    expected = {prefix: module.state_dict() for prefix, module in plain.items()}
+    _check_sa3_weights(weights, expected, model_config)
     pending_te = None
     if load_text_encoder and te_path is not None:
         pending_te = _check_text_encoder(te_path, text_encoder_options, te_named_by)
@@ -647,7 +719,7 @@ def load_components(
         text_encoder = pending_te.build(device=text_encoder_device or device, dtype=text_encoder_dtype or dtype,
                                         weight_dtype=weight_dtype, options=text_encoder_options)
     for prefix, module in modules.items():
-        _load_checked(module, weights, prefix, device)
+        _load_checked(module, expected[prefix], weights, prefix, device)
         module.eval().requires_grad_(False)
     return SA3Components(
         config=model_config,
@@ -708,14 +780,17 @@ def load_autoencoder(
         variant = detect_autoencoder_variant(weights.shapes, weights.name, prefix=prefix)
         config = preset_config("medium" if variant == "SAME-L" else "small").autoencoder
 
-    module = SAMEAutoencoder(config, operations=operations, device="meta", dtype=dtype,
-                             attention_backend=attention_backend)
+    def build(ops: Operations) -> SAMEAutoencoder:
+        return SAMEAutoencoder(config, operations=ops, device="meta", dtype=dtype, attention_backend=attention_backend)
+
+    module = build(operations)
+    expected = (module if operations is OPS else build(OPS)).state_dict()  # as in load_components
     found = weights.shapes
     if sa3_layout:  # the DiT and conditioner tensors are expected, just not ours
         found = {k: s for k, s in found.items() if not k.startswith((DIT_PREFIX, CONDITIONER_PREFIX))}
-    report = compare_shapes(module_shapes(module, prefix), found)
+    report = compare_shapes(_shapes(expected, prefix), found)
     _raise_report(report, weights.name, f"a SAME autoencoder ({config.encoder.transformer_depths[0]} layers, "
                                         f"width {config.encoder.width})")
-    _load_checked(module, weights, prefix, device)
+    _load_checked(module, expected, weights, prefix, device)
     module.eval().requires_grad_(False)
     return AutoencoderComponents(config=config, autoencoder=module, source=weights.name)

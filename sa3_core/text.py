@@ -31,6 +31,7 @@ from . import ops
 from .config import ConditioningConfig
 from .layers import ExpoFourierFeatures
 from .ops import OPS, CastWeights, Operations, cast_param
+from .tokenizer import TokenizerError, tokenizer_from_folder
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ T5GEMMA_B_ENCODER: dict[str, Any] = {
     "attn_logit_softcapping": 50.0,
     "final_logit_softcapping": 30.0,
     "rms_norm_eps": 1e-6,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+    "rope_theta": 10000.0,  # transformers 5.x turns it into rope_parameters, 4.x reads it as it is
     "hidden_activation": "gelu_pytorch_tanh",
     "sliding_window": 4096,
     "max_position_embeddings": 8192,
@@ -146,26 +147,19 @@ class T5GemmaTextEncoder:
         present with the right shape; decoder weights, when the folder holds the full encoder-decoder
         model as the official ``t5gemma-b-b-ul2/`` does, are ignored.
         """
-        from transformers import AutoConfig, AutoTokenizer, T5GemmaEncoderModel
+        from transformers import T5GemmaEncoderModel
 
         folder = Path(folder)
-        if not folder.is_dir():
-            raise TextEncoderError(f"{folder}: T5Gemma text encoder folder not found")
+        config = t5gemma_folder_config(folder)
         try:
-            config = AutoConfig.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise TextEncoderError(f"{folder}: cannot read the T5Gemma config.json ({exc})") from None
-        if getattr(config, "model_type", None) != "t5gemma":
-            raise TextEncoderError(f"{folder}/config.json: model_type {config.model_type!r} is not 't5gemma'")
-        config.is_encoder_decoder = False  # as the official conditioner: build the encoder only
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError, ImportError) as exc:
+            tokenizer = tokenizer_from_folder(folder)
+        except TokenizerError as exc:
             raise TextEncoderError(f"{folder}: cannot load the T5Gemma tokenizer ({exc})") from None
         try:
             model, info = T5GemmaEncoderModel.from_pretrained(
-                folder, config=config, dtype=dtype, local_files_only=True, use_safetensors=True,
+                folder, config=config, local_files_only=True, use_safetensors=True,
                 output_loading_info=True, ignore_mismatched_sizes=True,  # reported below, by name
+                **_load_options(dtype),
             )
         except (OSError, ValueError, RuntimeError) as exc:
             raise TextEncoderError(f"{folder}: cannot load the T5Gemma encoder weights ({exc})") from None
@@ -199,8 +193,9 @@ class T5GemmaTextEncoder:
         config = t5gemma_encoder_config(**sizes, **config_overrides)
         try:
             model, info = T5GemmaEncoderModel.from_pretrained(
-                None, config=config, state_dict=dict(state_dict), dtype=dtype, local_files_only=True,
+                None, config=config, state_dict=dict(state_dict), local_files_only=True,
                 output_loading_info=True, ignore_mismatched_sizes=True,  # reported below, by name
+                **_load_options(dtype),
             )
         except (OSError, ValueError, RuntimeError) as exc:
             raise TextEncoderError(f"{source}: cannot build the T5Gemma encoder ({exc})") from None
@@ -276,6 +271,22 @@ class T5GemmaTextEncoder:
             self._cache.popitem(last=False)
 
 
+def t5gemma_folder_config(folder: Path):
+    """The encoder-only ``T5GemmaConfig`` of an HF T5Gemma folder (its ``config.json``), read offline."""
+    from transformers import AutoConfig
+
+    if not folder.is_dir():
+        raise TextEncoderError(f"{folder}: T5Gemma text encoder folder not found")
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise TextEncoderError(f"{folder}: cannot read the T5Gemma config.json ({exc})") from None
+    if getattr(config, "model_type", None) != "t5gemma":
+        raise TextEncoderError(f"{folder}/config.json: model_type {config.model_type!r} is not 't5gemma'")
+    config.is_encoder_decoder = False  # as the official conditioner: build the encoder only
+    return config
+
+
 def t5gemma_encoder_sizes(shapes: Mapping[str, Sequence[int]], source: str, head_dim: int = 64) -> dict[str, int]:
     """The sizes of a T5Gemma encoder read from its tensor shapes (transformers names, ``encoder.*``)."""
     try:
@@ -300,6 +311,20 @@ def _raise_on_non_finite(model: nn.Module, source: str) -> None:
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise TextEncoderError(f"{source}: T5Gemma weight {name} holds NaN or infinite values; the file is damaged")
+
+
+def _load_options(dtype: torch.dtype) -> dict[str, Any]:
+    """``from_pretrained`` options that mean the same on transformers 4.53 ... 5.x.
+
+    - the dtype: ``dtype=`` since 4.56, ``torch_dtype=`` before (4.56 deprecated it);
+    - eager attention: T5Gemma soft-caps its attention logits (50), which SDPA cannot do. transformers 5.x
+      builds T5Gemma with eager attention for that reason; 4.x picks SDPA and silently skips the softcap.
+    """
+    from packaging.version import Version
+    from transformers import __version__
+
+    dtype_key = "dtype" if Version(__version__) >= Version("4.56") else "torch_dtype"
+    return {dtype_key: dtype, "attn_implementation": "eager"}
 
 
 def _raise_on_incomplete_load(info: Mapping[str, Any], source: str) -> None:
@@ -344,182 +369,6 @@ def comfy_key_to_transformers(key: str) -> str | None:
 def transformers_key_to_comfy(key: str) -> str:
     """``encoder.X`` -> ``model.encoder.X``: the inverse of :func:`comfy_key_to_transformers`."""
     return "model." + key
-
-
-# --------------------------------------------------------------------------------------------------
-# SentencePiece model -> tokenizer (no sentencepiece / protobuf packages needed)
-# --------------------------------------------------------------------------------------------------
-
-_PIECE_CONTROL, _PIECE_USER_DEFINED = 3, 4
-_SPM_BPE = 2
-
-
-@dataclass(frozen=True)
-class SentencePieceModel:
-    """The parts of a serialized SentencePiece ``ModelProto`` that decide how text is tokenised."""
-
-    pieces: tuple[str, ...]
-    types: tuple[int, ...]  # 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte
-    model_type: int = 1  # 1 unigram, 2 BPE, 3 word, 4 char
-    byte_fallback: bool = False
-    unk_id: int = 0
-    bos_id: int = 1
-    eos_id: int = 2
-    pad_id: int = -1
-    treat_whitespace_as_suffix: bool = False
-    normalizer_name: str = "nmt_nfkc"
-    precompiled_charsmap: bytes = b""
-    add_dummy_prefix: bool = True
-    remove_extra_whitespaces: bool = True
-    escape_whitespaces: bool = True
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data):
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _proto_fields(data: bytes):
-    """Yield ``(field_number, value)`` of one protobuf message: ints for varints, bytes otherwise."""
-    pos = 0
-    while pos < len(data):
-        key, pos = _read_varint(data, pos)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            value, pos = _read_varint(data, pos)
-        elif wire_type == 1:
-            value, pos = data[pos:pos + 8], pos + 8
-        elif wire_type == 2:
-            length, pos = _read_varint(data, pos)
-            value, pos = data[pos:pos + length], pos + length
-        elif wire_type == 5:
-            value, pos = data[pos:pos + 4], pos + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire_type}")
-        if pos > len(data):
-            raise ValueError("truncated message")
-        yield number, value
-
-
-def parse_sentencepiece_model(data: bytes) -> SentencePieceModel:
-    """Read a serialized SentencePiece model (``sentencepiece_model.proto``: pieces, trainer and normalizer spec)."""
-    pieces: list[str] = []
-    types: list[int] = []
-    trainer: dict[int, Any] = {}
-    normalizer: dict[int, Any] = {}
-    for number, value in _proto_fields(bytes(data)):
-        if number == 1:  # repeated SentencePiece {1: piece, 2: score, 3: type}
-            piece, piece_type = "", 1
-            for sub, sub_value in _proto_fields(value):
-                if sub == 1:
-                    piece = sub_value.decode("utf-8")
-                elif sub == 3:
-                    piece_type = sub_value
-            pieces.append(piece)
-            types.append(piece_type)
-        elif number == 2:
-            trainer.update(_proto_fields(value))
-        elif number == 3:
-            normalizer.update(_proto_fields(value))
-    if not pieces:
-        raise ValueError("no vocabulary pieces")
-
-    def signed(v: int) -> int:  # int32 fields are sent as 64-bit two's complement
-        return v - (1 << 64) if v >= 1 << 63 else v
-
-    return SentencePieceModel(
-        pieces=tuple(pieces),
-        types=tuple(types),
-        model_type=trainer.get(3, 1),
-        byte_fallback=bool(trainer.get(35, 0)),
-        unk_id=signed(trainer.get(40, 0)),
-        bos_id=signed(trainer.get(41, 1)),
-        eos_id=signed(trainer.get(42, 2)),
-        pad_id=signed(trainer.get(43, -1)),
-        treat_whitespace_as_suffix=bool(trainer.get(24, 0)),
-        normalizer_name=bytes(normalizer.get(1, b"nmt_nfkc")).decode("utf-8", "replace"),
-        precompiled_charsmap=bytes(normalizer.get(2, b"")),
-        add_dummy_prefix=bool(normalizer.get(3, 1)),
-        remove_extra_whitespaces=bool(normalizer.get(4, 1)),
-        escape_whitespaces=bool(normalizer.get(5, 1)),
-    )
-
-
-def tokenizer_from_sentencepiece(
-    data: bytes,
-    *,
-    add_bos: bool = False,
-    add_eos: bool = False,
-    padding_side: str = "right",
-    source: str = "<spiece_model>",
-):
-    """A transformers tokenizer equivalent to a Gemma-style SentencePiece BPE model.
-
-    Gemma's tokenizer is SentencePiece BPE with byte fallback, no dummy prefix and no normalisation
-    beyond spaces -> "▁". transformers' own ``GemmaTokenizer`` reproduces exactly that from the
-    vocabulary and merges (merges ranked by piece id, as HF's converter does); we read the model bytes
-    ourselves so neither ``sentencepiece`` nor ``protobuf`` is needed. Other SentencePiece flavours are
-    refused rather than tokenised subtly wrong.
-
-    ``add_bos`` / ``add_eos`` / ``padding_side``: ComfyUI and the official MLX port add no BOS/EOS and
-    pad on the right; those are the defaults. (The official PyTorch path uses whatever the
-    ``tokenizer_config.json`` of the T5Gemma folder says.)
-    """
-    from tokenizers import AddedToken
-    from transformers import GemmaTokenizer
-    from transformers.tokenization_utils_base import generate_merges
-
-    try:
-        spm = parse_sentencepiece_model(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise TextEncoderError(f"{source}: not a valid SentencePiece model ({exc})") from None
-    problems = []
-    if spm.model_type != _SPM_BPE:
-        problems.append(f"model type {spm.model_type} (expected 2 = BPE)")
-    if not spm.byte_fallback:
-        problems.append("no byte fallback")
-    if spm.add_dummy_prefix or spm.remove_extra_whitespaces or not spm.escape_whitespaces:
-        problems.append("whitespace handling differs from Gemma's (dummy prefix / extra-whitespace removal)")
-    if spm.precompiled_charsmap or spm.normalizer_name not in ("identity", ""):
-        problems.append(f"text normalisation {spm.normalizer_name!r} (expected 'identity')")
-    if spm.treat_whitespace_as_suffix:
-        problems.append("whitespace treated as suffix")
-    if not 0 <= spm.pad_id < len(spm.pieces):
-        problems.append("no padding token")
-    if problems:
-        raise TextEncoderError(f"{source}: unsupported SentencePiece model for T5Gemma: {'; '.join(problems)}")
-
-    vocab = {piece: i for i, piece in enumerate(spm.pieces)}
-    merges = generate_merges(vocab)
-    added = [AddedToken(p, normalized=False, special=t == _PIECE_CONTROL)
-             for p, t in zip(spm.pieces, spm.types) if t in (_PIECE_CONTROL, _PIECE_USER_DEFINED)]
-
-    def piece(i: int) -> str | None:
-        return spm.pieces[i] if 0 <= i < len(spm.pieces) else None
-
-    tokenizer = GemmaTokenizer(
-        vocab=vocab,
-        merges=merges,
-        unk_token=piece(spm.unk_id),
-        bos_token=piece(spm.bos_id),
-        eos_token=piece(spm.eos_id),
-        pad_token=piece(spm.pad_id),
-        mask_token="<mask>" if "<mask>" in vocab else None,
-        additional_special_tokens=added,
-        add_bos_token=add_bos,
-        add_eos_token=add_eos,
-    )
-    tokenizer.padding_side = padding_side
-    tokenizer.model_max_length = 1 << 30
-    return tokenizer
 
 
 # --------------------------------------------------------------------------------------------------

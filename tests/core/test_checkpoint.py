@@ -161,6 +161,13 @@ def test_pickle_files_are_refused_without_unpickling(tmp_path: Path, monkeypatch
     assert str(path) in str(error.value)
 
 
+def test_safetensors_whose_header_length_starts_like_a_pickle(fixtures_dir: Path):
+    """A 1408-byte header makes the file start with 0x80 0x05, a pickle's protocol-5 marker; it is safetensors."""
+    path = fixtures_dir / "tiny-small" / TE_FOLDER / "model.safetensors"
+    assert path.read_bytes()[:2] == b"\x80\x05"
+    assert "encoder.embed_tokens.weight" in SafetensorsFile(path).shapes
+
+
 def test_folder_with_only_a_pickle_checkpoint(fixtures_dir: Path, tmp_path: Path):
     folder = _folder_copy(tmp_path, fixtures_dir / "tiny-small", skip=("model.safetensors",))
     torch.save({"a": torch.zeros(1)}, folder / "model.ckpt")

@@ -1,16 +1,20 @@
-"""Prompt and duration conditioning: parity with the official conditioners, padding, caching, tokenizers."""
+"""Prompt and duration conditioning: parity with the official conditioners, padding, caching, the encoder.
+
+(The tokenizers are tests/core/test_tokenizer.py.)
+"""
 
 from __future__ import annotations
 
 import json
 import socket
-import struct
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from sa3_core.checkpoint import CheckpointError, load_text_encoder
 from sa3_core.config import ModelConfig
 from sa3_core.text import (
     Conditioners,
@@ -19,8 +23,6 @@ from sa3_core.text import (
     T5GemmaTextEncoder,
     TextEncoderError,
     comfy_key_to_transformers,
-    parse_sentencepiece_model,
-    tokenizer_from_sentencepiece,
     transformers_key_to_comfy,
 )
 
@@ -200,94 +202,6 @@ def test_comfy_key_mapping():
     assert transformers_key_to_comfy("encoder.norm.weight") == "model.encoder.norm.weight"
 
 
-# -- SentencePiece model bytes -> tokenizer ----------------------------------------------------------
-#
-# The model is written here with a minimal protobuf writer, in the layout of sentencepiece_model.proto.
-# During development the same bytes were also loaded by the real `sentencepiece` library, which gives
-# the ids asserted below; our reader needs neither sentencepiece nor protobuf.
-
-NORMAL, UNKNOWN, CONTROL, BYTE = 1, 2, 3, 6
-
-
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, value: int | float | bytes | str) -> bytes:
-    if isinstance(value, str):
-        value = value.encode("utf-8")
-    if isinstance(value, bytes):
-        return _varint(number << 3 | 2) + _varint(len(value)) + value
-    if isinstance(value, float):
-        return _varint(number << 3 | 5) + struct.pack("<f", value)
-    return _varint(number << 3 | 0) + _varint(value)
-
-
-def spiece_model_bytes(pieces: list[tuple[str, int]], *, model_type: int = 2, add_dummy_prefix: bool = False,
-                       normalizer: str = "identity") -> bytes:
-    """A serialized SentencePiece ModelProto: pieces, trainer spec, normalizer spec (Gemma-style defaults)."""
-    out = b""
-    for i, (piece, kind) in enumerate(pieces):
-        out += _field(1, _field(1, piece) + _field(2, -float(i)) + _field(3, kind))
-    trainer = (_field(3, model_type) + _field(4, len(pieces)) + _field(35, 1)
-               + _field(40, 3) + _field(41, 2) + _field(42, 1) + _field(43, 0))
-    norm = _field(1, normalizer) + _field(3, int(add_dummy_prefix)) + _field(4, 0) + _field(5, 1)
-    return out + _field(2, trainer) + _field(3, norm)
-
-
-SPECIALS = [("<pad>", CONTROL), ("<eos>", CONTROL), ("<bos>", CONTROL), ("<unk>", UNKNOWN)]
-BYTES = [(f"<0x{b:02X}>", BYTE) for b in range(256)]
-# Characters, then merges in rank order: p+i, a+n, an+o, pi+ano, d+r, u+m, um+s, dr+ums, ▁+drums.
-WORDS = [(p, NORMAL) for p in ["▁", "a", "d", "i", "m", "n", "o", "p", "r", "s", "u",
-                                 "pi", "an", "ano", "piano", "dr", "um", "ums", "drums", "▁drums"]]
-GEMMA_STYLE = SPECIALS + BYTES + WORDS
-
-
-def test_sentencepiece_model_is_parsed():
-    model = parse_sentencepiece_model(spiece_model_bytes(GEMMA_STYLE))
-    assert len(model.pieces) == 280 and model.pieces[:4] == ("<pad>", "<eos>", "<bos>", "<unk>")
-    assert model.types[4] == BYTE and model.pieces[-1] == "▁drums"
-    assert (model.model_type, model.byte_fallback, model.add_dummy_prefix) == (2, True, False)
-    assert (model.pad_id, model.eos_id, model.bos_id, model.unk_id) == (0, 1, 2, 3)
-
-
-def test_tokenizer_from_sentencepiece_bytes():
-    tokenizer = tokenizer_from_sentencepiece(spiece_model_bytes(GEMMA_STYLE))
-    piece_id = {p: i for i, (p, _) in enumerate(GEMMA_STYLE)}
-    # Known words merge fully; the space becomes "▁" and sticks to the following word (no dummy prefix).
-    assert tokenizer("piano drums")["input_ids"] == [piece_id["piano"], piece_id["▁drums"]]
-    # Unknown characters fall back to UTF-8 bytes.
-    assert tokenizer("zap")["input_ids"] == [4 + ord("z"), piece_id["a"], piece_id["p"]]
-    assert tokenizer("é")["input_ids"] == [4 + 0xC3, 4 + 0xA9]
-    batch = tokenizer(["piano", ""], truncation=True, max_length=4, padding="max_length")
-    assert batch["input_ids"] == [[piece_id["piano"], 0, 0, 0], [0, 0, 0, 0]]  # right padding, pad id 0
-    assert batch["attention_mask"] == [[1, 0, 0, 0], [0, 0, 0, 0]]
-    with_specials = tokenizer_from_sentencepiece(spiece_model_bytes(GEMMA_STYLE), add_bos=True, add_eos=True)
-    assert with_specials("piano")["input_ids"] == [2, piece_id["piano"], 1]
-
-
-@pytest.mark.parametrize(
-    "data, message",
-    [
-        (spiece_model_bytes(GEMMA_STYLE, model_type=1), "BPE"),
-        (spiece_model_bytes(GEMMA_STYLE, add_dummy_prefix=True), "whitespace"),
-        (spiece_model_bytes(GEMMA_STYLE, normalizer="nmt_nfkc"), "normalisation"),
-        (b"\x0a\xff\xff\xff", "not a valid SentencePiece model"),
-        (b"", "not a valid SentencePiece model"),
-    ],
-)
-def test_unsupported_sentencepiece_models_are_refused(data: bytes, message: str):
-    with pytest.raises(TextEncoderError, match=message):
-        tokenizer_from_sentencepiece(data, source="t5gemma.safetensors:spiece_model")
-
-
 def _text_encoder_copy(fixtures_dir: Path, tmp_path: Path, edit) -> Path:
     """The tiny T5Gemma folder with its weights edited (the fixture itself is never modified)."""
     source = fixtures_dir / "tiny-small" / "t5gemma-b-b-ul2"
@@ -315,6 +229,59 @@ def test_wrong_shape_encoder_weights_are_refused(fixtures_dir: Path, tmp_path: P
         tensors["encoder.layers.0.mlp.up_proj.weight"] = torch.zeros(32, 768)
 
     folder = _text_encoder_copy(fixtures_dir, tmp_path, damage)
-    with pytest.raises(TextEncoderError, match=r"up_proj.weight \[32, 768\] \(expected \[64, 768\]\)") as error:
+    # The strict loader checks names and shapes itself, before transformers reads a weight ...
+    with pytest.raises(CheckpointError, match=r"up_proj.weight \[32, 768\] \(expected \[64, 768\]\)") as error:
+        load_text_encoder(folder, device="cpu", dtype=torch.float32)
+    assert str(error.value).startswith(str(folder))
+    # ... and transformers' own report still refuses it (transformers 4.x names the tensor without shapes).
+    with pytest.raises(TextEncoderError, match=r"1 with a different shape: encoder.layers.0.mlp.up_proj.weight") as error:
         T5GemmaTextEncoder.from_folder(folder, device="cpu", dtype=torch.float32)
     assert str(folder) in str(error.value)
+
+
+# -- the same encoder on every transformers version -------------------------------------------------
+
+
+def test_attention_logits_are_soft_capped(fixtures_dir: Path, tmp_path: Path):
+    """T5Gemma caps attention logits at 50 (tanh). transformers 4.x would pick SDPA for it, which skips the
+    cap; we ask for eager attention on every version. With q/k large enough for the cap to bite, removing
+    the cap must change the output."""
+    generator = torch.Generator().manual_seed(0)
+
+    def sharpen(tensors):
+        for key in [k for k in tensors if k.endswith(("q_proj.weight", "k_proj.weight"))]:
+            tensors[key] = torch.randn(tensors[key].shape, generator=generator) * 0.5
+
+    encoder = T5GemmaTextEncoder.from_folder(_text_encoder_copy(fixtures_dir, tmp_path, sharpen), device="cpu",
+                                             dtype=torch.float32, cache_size=0)
+    capped, _ = encoder.encode(["piano drums bass synth"])
+    for layer in encoder.model.encoder.layers:
+        layer.self_attn.attn_logit_softcapping = None
+    uncapped, _ = encoder.encode(["piano drums bass synth"])
+    assert (capped - uncapped).abs().max() > 0.1
+
+
+def test_folder_with_the_whole_encoder_decoder_model(fixtures_dir: Path, tmp_path: Path):
+    """The official t5gemma-b-b-ul2/ holds T5GemmaForConditionalGeneration: encoder tensors as model.encoder.*
+    next to the decoder's. The encoder loads from it as from an encoder-only save; the decoder is ignored."""
+    from transformers import T5GemmaConfig, T5GemmaForConditionalGeneration
+
+    source = fixtures_dir / "tiny-small" / "t5gemma-b-b-ul2"
+    encoder_config = json.loads((source / "config.json").read_text())["encoder"]
+    module = {key: encoder_config[key] for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                                   "num_attention_heads", "num_key_value_heads", "head_dim",
+                                                   "query_pre_attn_scalar", "layer_types")}
+    whole = T5GemmaForConditionalGeneration(T5GemmaConfig(encoder=module, decoder={**module, "is_decoder": True},
+                                                          vocab_size=module["vocab_size"]))
+    encoder_tensors = load_file(str(source / "model.safetensors"))
+    whole.model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in encoder_tensors.items()}, strict=True)
+    folder = tmp_path / "t5gemma-b-b-ul2"
+    whole.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).symlink_to(source / name)
+    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+        assert {k.split(".")[1] for k in handle.keys()} == {"encoder", "decoder"}
+
+    loaded = load_text_encoder(folder, device="cpu", dtype=torch.float32)
+    reference = load_text_encoder(source, device="cpu", dtype=torch.float32)
+    assert torch.equal(loaded.encode(["rain thunder"])[0], reference.encode(["rain thunder"])[0])

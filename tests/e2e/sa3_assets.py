@@ -1,11 +1,13 @@
 """What the pack's e2e tests share: the names the example workflows in workflows/ refer to, the example clip,
-and a way to make the server run every node again."""
+how a server gets them, and a way to make the server run every node again."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from comfy_host import ComfyClient
+from pathlib import Path
+
+from comfy_host import ComfyClient, ComfyServer
 
 SA3_MODEL_NAME = "stable-audio-3-small-music"  # the official folder name; in the tests a tiny random-weight model
 SA3_LORAS = ("style_a_lora.safetensors", "style_b_dora.safetensors")  # official-format LoRAs for the tiny model
@@ -32,3 +34,20 @@ def reset_cache(comfy: ComfyClient) -> None:
     barrier = {"1": {"class_type": "LoadAudio", "inputs": {"audio": SA3_EXAMPLE_INPUT}},
                "2": {"class_type": "PreviewAudio", "inputs": {"audio": ["1", 0]}}}
     assert comfy.run(barrier, timeout_s=60).ok
+
+
+def install_sa3_assets(server: ComfyServer, tiny_model: Path, fixtures_dir: Path) -> ComfyServer:
+    """Put the tiny model in models/stable_audio_3, the fixture LoRAs in models/loras and the example clip in
+    input/ (the names the workflows in workflows/ use)."""
+    import wave
+
+    server.link(f"models/stable_audio_3/{SA3_MODEL_NAME}", tiny_model)
+    for name in SA3_LORAS:
+        server.link(f"models/loras/{name}", fixtures_dir / "loras" / name)
+    pcm = sa3_example_input_pcm()
+    with wave.open(str(server.input_dir / SA3_EXAMPLE_INPUT), "wb") as out:
+        out.setnchannels(pcm.shape[0])
+        out.setsampwidth(2)
+        out.setframerate(SA3_EXAMPLE_INPUT_RATE)
+        out.writeframes(pcm.T.tobytes())
+    return server

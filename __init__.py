@@ -15,8 +15,11 @@ if ComfyExtension is not None:
     from .nodes.files import register_folders
 
     class StableAudio3Extension(ComfyExtension):
+        async def on_load(self) -> None:
+            register_folders()  # newer ComfyUI calls on_load before get_node_list
+
         async def get_node_list(self) -> list:
-            register_folders()  # here, not at import: ComfyUI 0.3.75 never calls ComfyExtension.on_load
+            register_folders()  # again (it is idempotent): ComfyUI 0.3.75 never calls on_load
             return list(NODES)
 
     async def comfy_entrypoint() -> StableAudio3Extension:

@@ -12,14 +12,19 @@ Three ModelPatchers, one per stage, so each stage only holds the weights it need
     ``vae``   the SAME autoencoder                      (InitAudioEncode, InpaintMask, VAEDecode)
     Each node calls ``load_models_gpu`` for its part before computing, so ComfyUI moves it to the compute
     device, evicts or offloads other models to make room, and gives the memory back when something else
-    needs it. Parts are loaded whole (``force_full_load``): only the Linear/Conv1d layers come from
+    needs it. The patchers are of the class ComfyUI builds its own models with (``CoreModelPatcher``:
+    ``ModelPatcherDynamic`` under dynamic VRAM, which streams the ``operations`` layers' weights at each
+    forward and moves every other weight whole; plain ``ModelPatcher`` on older hosts and on the CPU), so
+    our parts share one memory policy with core models. On the legacy patcher parts are loaded whole
+    (``force_full_load``; the dynamic one ignores it): only the Linear/Conv1d layers come from
     ``operations``, so a partial (low-VRAM) load would leave norm and embedding weights behind on the CPU.
 
 LoRA (non-destructive, ComfyUI's own mechanism)
     LoRAApply returns a new SA3Model whose ``dit`` and ``text`` patchers are clones of the *unpatched*
     loader patchers with one weight patch per adapted weight. The patch computes
     ``sa3_core.lora.effective_weight(base, adapters of the whole stack, strengths)`` when ComfyUI loads
-    the clone (and ComfyUI restores the base weights when another clone, or the plain model, is loaded),
+    the clone (and ComfyUI restores the base weights when another clone, or the plain model, is loaded;
+    under dynamic VRAM it applies the patch to each streamed weight instead),
     so the weights equal ``StableAudioModel.load_lora`` + ``set_lora_strength`` bit for bit, other
     branches of the graph never see the LoRA, and changing a LoRA never reloads the checkpoint.
 """
@@ -83,6 +88,13 @@ class SA3VAEPart(SA3Part):
     """The SAME autoencoder."""
 
 
+def _host_patcher_class() -> type[comfy.model_patcher.ModelPatcher]:
+    """The ModelPatcher class the host builds its own models with. Hosts with dynamic VRAM set
+    ``comfy.model_patcher.CoreModelPatcher`` to ``ModelPatcherDynamic`` at startup (which itself falls back
+    to ``ModelPatcher`` for a CPU load device); older hosts (0.3.75) have only ``ModelPatcher``."""
+    return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+
+
 @dataclass(frozen=True)
 class LoRAEntry:
     """One LoRAApply in a chain."""
@@ -99,26 +111,44 @@ class LoRAEntry:
 class _StackPatch(WeightAdapterBase):
     """A ComfyUI weight patch: the SA3 LoRA stack's effective weight for one parameter.
 
-    ComfyUI calls ``calculate_weight`` with a float32 working copy of the base weight when it loads the
-    patched clone; we compute in the parameter's own dtype, as ``LoRAStack`` does, so the result is the
-    same bits the Python API produces.
+    Built the way ComfyUI builds its own adapters, ``type(patch)(loaded_keys, weights)``: the dynamic-VRAM
+    and low-VRAM paths of newer ComfyUI (``comfy.lora.prefetch_prepared_value``) rebuild every adapter that
+    way with each tensor of ``weights`` copied to a staging buffer on the compute device, keeping the
+    structure and every non-tensor value. So ``weights`` holds everything, as plain tuples::
+
+        (dtype, ((adapter_type, rank, scaling, strength, ((tensor_name, tensor), ...)), ...))
+
+    one entry per LoRA of the stack that adapts this weight, in chain order. ComfyUI calls
+    ``calculate_weight`` with a working copy of the base weight (float32 on the legacy path, the compute
+    dtype at each forward under dynamic VRAM); we compute in the parameter's own dtype, as ``LoRAStack``
+    does, so the result is the same bits the Python API produces.
     """
 
     name = "sa3_lora_stack"
 
-    def __init__(self, adapters: list[Adapter], strengths: list[float], dtype: torch.dtype, loras: list[str]):
-        self.loaded_keys: set[str] = set()
-        self.weights: list[torch.Tensor] = []
-        self.adapters = adapters
-        self.strengths = strengths
-        self.dtype = dtype
-        self.loras = loras  # the LoRA names, for the message when the merged weight is not finite
+    def __init__(self, loaded_keys: set[str], weights: tuple):
+        self.loaded_keys = loaded_keys
+        self.weights = weights
+
+    @classmethod
+    def of_stack(cls, adapters: list[Adapter], strengths: list[float], dtype: torch.dtype,
+                 loras: list[str]) -> "_StackPatch":
+        """``loras``: the LoRA names, for the message when the merged weight is not finite."""
+        layers = tuple((a.adapter_type, a.rank, a.scaling, float(s), tuple(a.tensors().items()))
+                       for a, s in zip(adapters, strengths))
+        return cls(set(), (dtype, layers, tuple(loras)))
+
+    def calculate_shape(self, key: str) -> None:
+        return None  # a LoRA stack never changes a weight's shape
 
     def calculate_weight(self, weight, key, strength, strength_model, offset, function,
                          intermediate_dtype=torch.float32, original_weight=None):
-        base = weight.to(self.dtype)
-        return effective_weight(base, self.adapters, self.strengths, dora_mode="linear",
-                                name=f"{key} (LoRA {', '.join(self.loras)})").to(weight.dtype)
+        dtype, layers, loras = self.weights
+        adapters = [Adapter(adapter_type, rank, scaling, **dict(tensors))
+                    for adapter_type, rank, scaling, _, tensors in layers]
+        strengths = [layer[3] for layer in layers]
+        return effective_weight(weight.to(dtype), adapters, strengths, dora_mode="linear",
+                                name=f"{key} (LoRA {', '.join(loras)})").to(weight.dtype)
 
 
 @dataclass
@@ -151,13 +181,13 @@ class SA3Model:
         text_modules = {"conditioners": core.conditioners}
         if core.text_encoder is not None:
             text_modules["text_encoder"] = core.text_encoder.model
+        patcher = _host_patcher_class()
         parts = {
-            "text": comfy.model_patcher.ModelPatcher(SA3TextPart(**text_modules), load_device=load_device,
-                                                     offload_device=mm.text_encoder_offload_device()),
-            "dit": comfy.model_patcher.ModelPatcher(SA3DiTPart(dit=core.dit), load_device=load_device,
-                                                    offload_device=mm.unet_offload_device()),
-            "vae": comfy.model_patcher.ModelPatcher(SA3VAEPart(autoencoder=core.autoencoder), load_device=load_device,
-                                                    offload_device=mm.vae_offload_device()),
+            "text": patcher(SA3TextPart(**text_modules), load_device=load_device,
+                            offload_device=mm.text_encoder_offload_device()),
+            "dit": patcher(SA3DiTPart(dit=core.dit), load_device=load_device, offload_device=mm.unet_offload_device()),
+            "vae": patcher(SA3VAEPart(autoencoder=core.autoencoder), load_device=load_device,
+                           offload_device=mm.vae_offload_device()),
         }
         return cls(core=core, name=path.name, parts=parts, base_parts=dict(parts))
 
@@ -178,6 +208,11 @@ class SA3Model:
                 patcher.unpatch_model(patcher.offload_device)
             raise
 
+    def get_models(self) -> list[comfy.model_patcher.ModelPatcher]:
+        """The patchers this wire uses. Newer ComfyUI asks every node output for them (``get_models``) and
+        marks dynamic-VRAM models in use by the running prompt, so their pinned memory is evicted last."""
+        return list(self.parts.values())
+
     # -- LoRA ---------------------------------------------------------------------------------------
 
     def with_lora(self, name: str, path: Path, strength: float, targets: tuple[str, ...]) -> "SA3Model":
@@ -192,7 +227,7 @@ class SA3Model:
             if any(shapes[part][key][1] in WEIGHT_DTYPES.values() for key in stacks[part]):
                 raise ValueError(f"LoRA {name}: this model stores its weights in float8; load it with the "
                                  "Loader's weights 'default' to apply LoRAs")
-            patches = {key: _StackPatch(adapters, strengths, shapes[part][key][1], names)
+            patches = {key: _StackPatch.of_stack(adapters, strengths, shapes[part][key][1], names)
                        for key, (adapters, strengths, names) in stacks[part].items()}
             if patches:
                 parts[part] = self.base_parts[part].clone()

@@ -3,6 +3,8 @@
 The pack under test is this repository, symlinked into the server's custom_nodes/ as `comfyui-stable-audio-3`.
 Every test in this folder is marked `e2e` automatically, so `pytest -m "not e2e"` runs the host-free tiers only.
 The ComfyUI tree is copied once to $SA3_E2E_CACHE (default ~/.cache/sa3-e2e) and reused across sessions.
+test_newer_host.py starts a second server from the same tree, with the newest ComfyUI's behaviour emulated
+(tests/e2e/newer_host).
 """
 
 from __future__ import annotations
@@ -16,13 +18,7 @@ import pytest
 
 from comfy_host import ComfyClient, ComfyServer, prepare_comfy_tree
 from frontend import ComfyFrontend
-from sa3_assets import (
-    SA3_EXAMPLE_INPUT,
-    SA3_EXAMPLE_INPUT_RATE,
-    SA3_LORAS,
-    SA3_MODEL_NAME,
-    sa3_example_input_pcm,
-)
+from sa3_assets import SA3_MODEL_NAME, install_sa3_assets
 
 E2E_DIR = Path(__file__).resolve().parent
 REPO_ROOT = E2E_DIR.parents[1]
@@ -87,17 +83,5 @@ def sa3_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def sa3_server(comfy_server: ComfyServer, sa3_tiny_model: Path, fixtures_dir: Path) -> ComfyServer:
-    """The server with the tiny model in models/stable_audio_3, the fixture LoRAs in models/loras and the
-    example clip in input/ (the names the workflows in workflows/ use)."""
-    import wave
-
-    comfy_server.link(f"models/stable_audio_3/{SA3_MODEL_NAME}", sa3_tiny_model)
-    for name in SA3_LORAS:
-        comfy_server.link(f"models/loras/{name}", fixtures_dir / "loras" / name)
-    pcm = sa3_example_input_pcm()
-    with wave.open(str(comfy_server.input_dir / SA3_EXAMPLE_INPUT), "wb") as out:
-        out.setnchannels(pcm.shape[0])
-        out.setsampwidth(2)
-        out.setframerate(SA3_EXAMPLE_INPUT_RATE)
-        out.writeframes(pcm.T.tobytes())
-    return comfy_server
+    """The server with the pack's test models and clip (install_sa3_assets)."""
+    return install_sa3_assets(comfy_server, sa3_tiny_model, fixtures_dir)

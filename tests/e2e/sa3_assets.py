@@ -1,6 +1,6 @@
 """What the pack's e2e tests share: the names the example workflows in workflows/ refer to, the example clip,
-a way to make the server run every node again, and core SaveLatent nodes that let a test read the latents a
-graph computed (not only its 16-bit audio)."""
+a way to make the server run every node again, how a server gets them, and core SaveLatent nodes that let a
+test read the latents a graph computed (not only its 16-bit audio)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from comfy_host import ComfyClient, PromptResult
+from comfy_host import ComfyClient, ComfyServer, PromptResult
 
 SA3_MODEL_NAME = "stable-audio-3-small-music"  # the official folder name; in the tests a tiny random-weight model
 SA3_LORAS = ("style_a_lora.safetensors", "style_b_dora.safetensors")  # official-format LoRAs for the tiny model
@@ -60,3 +60,20 @@ def saved_latent(output_dir: Path, result: PromptResult, saver: str) -> Any:
     assert result.ok, result.messages
     [file_ref] = result.files(saver, "latents")
     return load_file(output_dir / file_ref["subfolder"] / file_ref["filename"])["latent_tensor"]
+
+
+def install_sa3_assets(server: ComfyServer, tiny_model: Path, fixtures_dir: Path) -> ComfyServer:
+    """Put the tiny model in models/stable_audio_3, the fixture LoRAs in models/loras and the example clip in
+    input/ (the names the workflows in workflows/ use)."""
+    import wave
+
+    server.link(f"models/stable_audio_3/{SA3_MODEL_NAME}", tiny_model)
+    for name in SA3_LORAS:
+        server.link(f"models/loras/{name}", fixtures_dir / "loras" / name)
+    pcm = sa3_example_input_pcm()
+    with wave.open(str(server.input_dir / SA3_EXAMPLE_INPUT), "wb") as out:
+        out.setnchannels(pcm.shape[0])
+        out.setsampwidth(2)
+        out.setframerate(SA3_EXAMPLE_INPUT_RATE)
+        out.writeframes(pcm.T.tobytes())
+    return server

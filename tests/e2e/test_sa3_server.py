@@ -32,6 +32,8 @@ NODE_INPUTS = {
     "SA3_InpaintMask": ["model", "latent", "audio", "mode", "regions"],
     "SA3_RFSampler": ["model", "conditioning", "latent", "seed", "steps", "cfg", "apg_scale", "sampler", "shift"],
     "SA3_VAEDecode": ["model", "latent", "chunked", "peak"],
+    "SA3_PromptBuilder": ["mode", "description", "genre", "instruments", "mood", "bpm", "key", "vocal_type", "format"],
+    "SA3_Spectrogram": ["audio", "frequency_scale", "dynamic_range_db", "width", "height"],
 }
 
 

@@ -12,11 +12,14 @@ except ImportError:  # not running inside ComfyUI
 
 if ComfyExtension is not None:
     from .nodes import NODES
+    from .nodes.example_inputs import install_example_inputs
     from .nodes.files import register_folders
 
     class StableAudio3Extension(ComfyExtension):
         async def get_node_list(self) -> list:
-            register_folders()  # here, not at import: ComfyUI 0.3.75 never calls ComfyExtension.on_load
+            # Here, not at import: ComfyUI 0.3.75 never calls ComfyExtension.on_load.
+            register_folders()
+            install_example_inputs()  # the clip the audio-input workflows load, into input/ (a local copy)
             return list(NODES)
 
     async def comfy_entrypoint() -> StableAudio3Extension:

@@ -21,6 +21,8 @@ from sa3_assets import (
     SA3_EXAMPLE_INPUT_RATE,
     SA3_LORAS,
     SA3_MODEL_NAME,
+    SA3_SINGLE_FILE,
+    SA3_TEXT_ENCODER_FILE,
     sa3_example_input_pcm,
 )
 
@@ -86,12 +88,26 @@ def sa3_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sa3_server(comfy_server: ComfyServer, sa3_tiny_model: Path, fixtures_dir: Path) -> ComfyServer:
-    """The server with the tiny model in models/stable_audio_3, the fixture LoRAs in models/loras and the
-    example clip in input/ (the names the workflows in workflows/ use)."""
+def sa3_tiny_single_files(sa3_tiny_model: Path) -> tuple[Path, Path]:
+    """The same tiny model in the Comfy-Org layout: (model file, T5Gemma file), under the Comfy-Org names."""
+    from sa3_core.tiny import write_tiny_single_files
+
+    folder = sa3_tiny_model.parent
+    return write_tiny_single_files(sa3_tiny_model, folder / SA3_SINGLE_FILE, folder / SA3_TEXT_ENCODER_FILE)
+
+
+@pytest.fixture(scope="session")
+def sa3_server(comfy_server: ComfyServer, sa3_tiny_model: Path, sa3_tiny_single_files: tuple[Path, Path],
+               fixtures_dir: Path) -> ComfyServer:
+    """The server with the tiny model as an official folder in models/stable_audio_3 and as Comfy-Org files in
+    models/checkpoints + models/text_encoders (the names the workflows in workflows/ use), the fixture LoRAs in
+    models/loras and a test clip in input/ (the pack itself copies its example clip there)."""
     import wave
 
     comfy_server.link(f"models/stable_audio_3/{SA3_MODEL_NAME}", sa3_tiny_model)
+    model_file, text_encoder_file = sa3_tiny_single_files
+    comfy_server.link(f"models/checkpoints/{SA3_SINGLE_FILE}", model_file)
+    comfy_server.link(f"models/text_encoders/{SA3_TEXT_ENCODER_FILE}", text_encoder_file)
     for name in SA3_LORAS:
         comfy_server.link(f"models/loras/{name}", fixtures_dir / "loras" / name)
     pcm = sa3_example_input_pcm()

@@ -143,7 +143,8 @@ def tiny_sentencepiece_model() -> bytes:
 _TINY_TEXT_ENCODER_FIELDS = ("query_pre_attn_scalar", "layer_types")
 
 
-def write_tiny_single_files(folder: str | Path, model_file: str | Path, text_encoder_file: str | Path) -> tuple[Path, Path]:
+def write_tiny_single_files(folder: str | Path, model_file: str | Path,
+                            text_encoder_file: str | Path) -> tuple[Path, Path]:
     """Write a tiny model folder (:func:`write_tiny_checkpoint`) in the Comfy-Org layout.
 
     ``model_file`` gets the folder's ``model.safetensors`` tensors with its ``model_config.json`` in the

@@ -57,6 +57,7 @@ _VIEW = """() => {
     };
 }"""
 
+
 def ui_workflow(name: str) -> dict[str, Any]:
     return json.loads((WORKFLOWS / f"{name}.json").read_text())
 
@@ -66,13 +67,20 @@ def missing_models_dialog(ui: ComfyFrontend) -> Any:
 
 
 @pytest.fixture(scope="module")
-def window(sa3_server: ComfyServer, comfy: ComfyClient) -> Iterator[ComfyFrontend]:
-    """A 1600 x 1000 page on the frontend as a returning user has it: no first-visit template dialog (it would
-    cover the canvas) and the "Nodes 2.0" banner dismissed. The minimap stays on, as by default."""
+def window(sa3_server: ComfyServer, comfy: ComfyClient, frontend: ComfyFrontend) -> Iterator[ComfyFrontend]:
+    """The session's page on the frontend, 1600 x 1000 for this module (one Playwright per process), as a
+    returning user has it: no first-visit template dialog (it would cover the canvas) and the "Nodes 2.0"
+    banner dismissed. The minimap stays on, as by default."""
     comfy.set_setting("Comfy.TutorialCompleted", True)
-    with ComfyFrontend(sa3_server.url, viewport=WINDOW, timeout_s=120) as ui:
-        ui.page.evaluate("() => localStorage.setItem('vueNodesBannerDismissed', 'true')")
-        yield ui
+    default_size = frontend.page.viewport_size
+    frontend.page.set_viewport_size({"width": WINDOW[0], "height": WINDOW[1]})
+    frontend.page.evaluate("() => localStorage.setItem('vueNodesBannerDismissed', 'true')")
+    frontend.open()
+    try:
+        yield frontend
+    finally:
+        frontend.page.set_viewport_size(default_size)
+        frontend.open()
 
 
 @contextmanager

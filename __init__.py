@@ -12,6 +12,7 @@ except ImportError:  # not running inside ComfyUI
 
 if ComfyExtension is not None:
     from .nodes import NODES
+    from .nodes.example_inputs import install_example_inputs
     from .nodes.files import register_folders
 
     class StableAudio3Extension(ComfyExtension):
@@ -20,6 +21,7 @@ if ComfyExtension is not None:
 
         async def get_node_list(self) -> list:
             register_folders()  # again (it is idempotent): ComfyUI 0.3.75 never calls on_load
+            install_example_inputs()  # the clip the audio-input workflows load, into input/ (a local copy)
             return list(NODES)
 
     async def comfy_entrypoint() -> StableAudio3Extension:

@@ -67,12 +67,14 @@ def choose_model(models_dir: Path) -> str:
 
 
 def text_to_audio_prompt(model_name: str) -> dict:
-    """The API-format text-to-audio workflow with the loader pointed at ``model_name``."""
+    """The API-format text-to-audio workflow with the loader pointed at ``model_name`` (its text encoder
+    found automatically: the folder's own, or the one T5Gemma file in models/text_encoders)."""
     graph = copy.deepcopy(json.loads(WORKFLOW.read_text()))
     loaders = [node for node in graph.values() if node["class_type"].endswith("Loader") and "model" in node["inputs"]]
     if len(loaders) != 1:
         raise RuntimeError(f"{WORKFLOW}: expected one loader node, found {len(loaders)}")
     loaders[0]["inputs"]["model"] = model_name
+    loaders[0]["inputs"]["text_encoder"] = "auto"
     return graph
 
 

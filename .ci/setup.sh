@@ -93,3 +93,16 @@ install_browser() {
     "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   fi
 }
+
+# The Comfy Registry's own check of the pack (pyproject.toml, security lint): comfy-cli from PyPI in a venv of its
+# own under .cache/ (ignored by git), so its dependencies never touch the test environment.
+validate_for_registry() {
+  local venv=.cache/comfy-cli-venv
+  if [ ! -x "$venv/bin/comfy" ]; then
+    echo "+ python -m venv $venv && pip install comfy-cli"
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet comfy-cli
+  fi
+  echo "+ comfy node validate"
+  "$venv/bin/comfy" --skip-prompt --no-enable-telemetry node validate
+}

@@ -9,7 +9,9 @@ from .decode import SA3VAEDecode
 from .latent import SA3EmptyLatent, SA3InitAudioEncode, SA3InpaintMask
 from .loader import SA3ModelLoader
 from .lora import SA3LoRAApply
+from .prompt import SA3PromptBuilder
 from .sampler import SA3RFSampler
+from .spectrogram import SA3Spectrogram
 
 NODES = [
     SA3ModelLoader,
@@ -20,4 +22,6 @@ NODES = [
     SA3InpaintMask,
     SA3RFSampler,
     SA3VAEDecode,
+    SA3PromptBuilder,
+    SA3Spectrogram,
 ]

@@ -36,8 +36,9 @@ class SA3TextEncode(io.ComfyNode):
                     "What to avoid. Only used when the sampler's cfg is above 1. Empty: no negative prompt (the "
                     f"official default). One text for every item, or one per item separated by '{ITEM_SEPARATOR}'.")),
                 io.Float.Input("duration", default=10.0, min=0.1, max=MAX_SECONDS, step=0.1, tooltip=(
-                    "Seconds of audio to generate (the model is told this length). Must match the Empty Latent's "
-                    "duration; at most 120 s for the SA3 models.")),
+                    "Seconds of audio to generate (the model is told this length); at most 120 s for the SA3 "
+                    "models. Connect this conditioning to the Empty Latent's conditioning input so the duration is "
+                    "set here only.")),
                 io.String.Input("per_item_durations", default="", optional=True, tooltip=(
                     "Optional: one duration per prompt, e.g. '3, 2, 1.5' (overrides duration). Connect this "
                     "conditioning to the Empty Latent's conditioning input to make a latent of these durations.")),

@@ -41,12 +41,15 @@ class SA3EmptyLatent(io.ComfyNode):
             inputs=[
                 SA3ModelType.Input("model", tooltip=MODEL_TOOLTIP),
                 io.Float.Input("duration", default=10.0, min=0.1, max=MAX_SECONDS, step=0.1, tooltip=(
-                    "Seconds of audio per item; must match the Text Encode duration (at most 120 s for SA3).")),
+                    "Seconds of audio per item, used only when no conditioning is connected (then it must match "
+                    "the Text Encode duration; at most 120 s for SA3).")),
                 io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip=(
-                    "How many clips to generate at once (each from its own noise).")),
+                    "How many clips to generate at once (each from its own noise); used only when no "
+                    "conditioning is connected.")),
                 SA3ConditioningType.Input("conditioning", optional=True, tooltip=(
-                    "Optional: take the batch size and each item's duration from this conditioning (one item per "
-                    "prompt, per-item durations). When connected, the duration and batch_size widgets are ignored.")),
+                    "Connect the Text Encode output here: the batch size and each item's duration then come from "
+                    "the conditioning (one item per prompt, per-item durations) and the duration and batch_size "
+                    "widgets are ignored, so durations are set in one place.")),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip=(
                 "The window to generate in (empty; the sampler draws the noise from its seed)."))],

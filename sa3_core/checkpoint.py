@@ -10,7 +10,10 @@ Accepted inputs:
    no config. The variant (small or medium) is read from the tensor shapes and the config comes from
    ``presets/`` (reconstructed configs, see the fixture notes); whether it is a ``-base`` model cannot be
    told from weights, so the caller says so (``base=``). Its text encoder is the separate
-   ``t5gemma_b_b_ul2.safetensors`` (:func:`load_text_encoder`).
+   ``t5gemma_b_b_ul2.safetensors`` (:func:`load_text_encoder`). A single file may instead carry its
+   own config in its safetensors metadata (``sa3_model_config``, as the tiny test files of
+   ``sa3_core.tiny`` do; a text encoder file its non-default encoder fields in
+   ``sa3_text_encoder_config``); the real Comfy-Org files carry none.
 
 Rules: safetensors only (pickle files are refused by name and by content, never opened); every expected
 tensor present with the expected shape, otherwise one error that names the file and lists what is
@@ -56,6 +59,8 @@ AUTOENCODER_PREFIX = "pretransform.model."
 CONDITIONER_PREFIX = "conditioner.conditioners."
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+CONFIG_METADATA_KEY = "sa3_model_config"  # a single file's own model_config.json (JSON text)
+TEXT_ENCODER_CONFIG_METADATA_KEY = "sa3_text_encoder_config"  # encoder fields a T5Gemma file's shapes cannot tell
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 _LIST_LIMIT = 10  # names listed per category in an error
 
@@ -405,11 +410,12 @@ class _PendingTextEncoder:
     """A text encoder whose files have been checked; :meth:`build` loads it."""
 
     def __init__(self, path: Path, file: SafetensorsFile | None = None, key_map: dict[str, str] | None = None,
-                 tokenizer: Any = None):
+                 tokenizer: Any = None, config_overrides: Mapping[str, Any] | None = None):
         self.path = path
         self.file = file  # None for an HF folder
         self.key_map = key_map or {}  # transformers name -> key in the file
         self.tokenizer = tokenizer  # built from the file's SentencePiece bytes
+        self.config_overrides = dict(config_overrides or {})  # the file's metadata, then the caller's
 
     def build(self, *, device, dtype, options: TextEncoderOptions,
               weight_dtype: torch.dtype | None = None) -> T5GemmaTextEncoder:
@@ -420,7 +426,7 @@ class _PendingTextEncoder:
             state_dict = {k: self.file.read(v) for k, v in self.key_map.items()}
             return T5GemmaTextEncoder.from_state_dict(
                 state_dict, self.tokenizer, device=device, dtype=dtype, source=str(self.path),
-                weight_dtype=weight_dtype, max_length=options.max_length, **options.config_overrides,
+                weight_dtype=weight_dtype, max_length=options.max_length, **self.config_overrides,
             )
         except TextEncoderError as exc:
             raise CheckpointError(str(exc)) from None
@@ -486,8 +492,8 @@ def _check_text_encoder_file(path: Path, options: TextEncoderOptions) -> _Pendin
     """
     from transformers import T5GemmaEncoderModel
 
-    config_overrides = options.config_overrides
     file = SafetensorsFile(path)
+    config_overrides = {**_metadata_json(file, TEXT_ENCODER_CONFIG_METADATA_KEY, {}), **options.config_overrides}
     key_map: dict[str, str] = {}
     unexpected = []
     for key in file.shapes:
@@ -524,7 +530,7 @@ def _check_text_encoder_file(path: Path, options: TextEncoderOptions) -> _Pendin
         )
     except TokenizerError as exc:
         raise CheckpointError(str(exc)) from None
-    return _PendingTextEncoder(path, file, key_map, tokenizer)
+    return _PendingTextEncoder(path, file, key_map, tokenizer, config_overrides)
 
 
 def resolve_text_encoder_path(config: ModelConfig, config_dir: Path) -> Path:
@@ -598,6 +604,20 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     return data
+
+
+def _metadata_json(file: SafetensorsFile, key: str, default: Any) -> Any:
+    """A JSON object stored as text in a safetensors file's metadata, or ``default`` when absent."""
+    text = file.metadata().get(key)
+    if text is None:
+        return default
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{file.name}: metadata {key!r} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{file.name}: metadata {key!r} must be a JSON object")
+    return value
 
 
 def _is_standalone_same_config(data: Mapping[str, Any]) -> bool:
@@ -691,8 +711,11 @@ def load_components(
             te_named_by = f"named by {model_config.source}"
     else:
         weights = SafetensorsFile(path)
+        own_config = _metadata_json(weights, CONFIG_METADATA_KEY, None)
         if config is not None:
             model_config = _as_model_config(config)
+        elif own_config is not None:
+            model_config = ModelConfig.from_dict(own_config, source=f"{weights.name} ({CONFIG_METADATA_KEY} metadata)")
         else:
             model_config = preset_config(detect_variant(weights.shapes, weights.name), base=base)
         layout = "single_file"

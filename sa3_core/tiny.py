@@ -18,6 +18,9 @@ Layout written (the same as ``stabilityai/stable-audio-3-*``)::
     <folder>/model_config.json
     <folder>/model.safetensors          model.model.* (DiT), pretransform.model.* (SAME), conditioner.conditioners.*
     <folder>/t5gemma-b-b-ul2/           a 1-layer T5Gemma encoder (hidden 768) + a word-level tokenizer
+
+:func:`write_tiny_single_files` turns such a folder into the Comfy-Org layout (a model file and a
+``t5gemma_b_b_ul2.safetensors``-style text encoder file), so the single-file path can be exercised too.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import struct
 from pathlib import Path
 
 import torch
@@ -214,3 +218,71 @@ def write_tiny_checkpoint(folder: str | Path, variant: str = "small", seed: int 
     (folder / "TINY_RANDOM_WEIGHTS.txt").write_text(TINY_LABEL + "\n")
     _write_text_encoder(folder / raw_config["model"]["conditioning"]["configs"][0]["config"]["subfolder"], generator)
     return folder
+
+
+# -- the Comfy-Org layout -----------------------------------------------------------------------------
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, value) -> bytes:
+    """One protobuf field (string/bytes, float or integer)."""
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if isinstance(value, bytes):
+        return _varint(number << 3 | 2) + _varint(len(value)) + value
+    if isinstance(value, float):
+        return _varint(number << 3 | 5) + struct.pack("<f", value)
+    return _varint(number << 3) + _varint(value)
+
+
+def tiny_sentencepiece_model() -> bytes:
+    """A Gemma-style SentencePiece BPE model (serialised ModelProto) small enough for the 30-row tiny
+    embedding: the four special pieces and a few pieces spelling "abcd"; other text maps to <unk>."""
+    pieces = [("<pad>", 3), ("<eos>", 3), ("<bos>", 3), ("<unk>", 2)]
+    pieces += [(p, 1) for p in ["\u2581", "a", "b", "c", "d", "ab", "cd", "abcd", "\u2581abcd"]]
+    data = b"".join(_field(1, _field(1, p) + _field(2, -float(i)) + _field(3, t)) for i, (p, t) in enumerate(pieces))
+    trainer = _field(3, 2) + _field(35, 1) + _field(40, 3) + _field(41, 2) + _field(42, 1) + _field(43, 0)
+    normalizer = _field(1, "identity") + _field(3, 0) + _field(4, 0)
+    return data + _field(2, trainer) + _field(3, normalizer)
+
+
+# Encoder fields in which the tiny T5Gemma differs from T5Gemma-b and that tensor shapes cannot tell.
+_TINY_TEXT_ENCODER_FIELDS = ("query_pre_attn_scalar", "layer_types")
+
+
+def write_tiny_single_files(folder: str | Path, model_file: str | Path,
+                            text_encoder_file: str | Path) -> tuple[Path, Path]:
+    """Write a tiny model folder (:func:`write_tiny_checkpoint`) in the Comfy-Org layout.
+
+    ``model_file`` gets the folder's ``model.safetensors`` tensors with its ``model_config.json`` in the
+    metadata (``sa3_model_config``); ``text_encoder_file`` the T5Gemma weights under ``model.encoder.*``,
+    the ``spiece_model`` tokenizer bytes (:func:`tiny_sentencepiece_model`) and the encoder fields of
+    ``_TINY_TEXT_ENCODER_FIELDS`` (``sa3_text_encoder_config``). Same weights as the folder; the tokenizer
+    differs (the folder's is word-level), so prompts encode differently.
+    """
+    from safetensors.torch import load_file
+
+    from .checkpoint import CONFIG_METADATA_KEY, TEXT_ENCODER_CONFIG_METADATA_KEY
+
+    folder = Path(folder)
+    model_file, text_encoder_file = Path(model_file), Path(text_encoder_file)
+    raw_config = json.loads((folder / "model_config.json").read_text())
+    save_file(load_file(str(folder / "model.safetensors")), str(model_file),
+              metadata={"description": TINY_LABEL, CONFIG_METADATA_KEY: json.dumps(raw_config)})
+
+    encoder_folder = folder / raw_config["model"]["conditioning"]["configs"][0]["config"]["subfolder"]
+    encoder_config = json.loads((encoder_folder / "config.json").read_text())["encoder"]
+    tensors = {"model." + k: v for k, v in load_file(str(encoder_folder / "model.safetensors")).items()}
+    tensors["spiece_model"] = torch.frombuffer(bytearray(tiny_sentencepiece_model()), dtype=torch.uint8)
+    fields = {name: encoder_config[name] for name in _TINY_TEXT_ENCODER_FIELDS}
+    save_file(tensors, str(text_encoder_file),
+              metadata={"description": TINY_LABEL, TEXT_ENCODER_CONFIG_METADATA_KEY: json.dumps(fields)})
+    return model_file, text_encoder_file

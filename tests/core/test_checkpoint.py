@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
-import struct
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ from sa3_core.checkpoint import (
 )
 from sa3_core.config import ModelConfig
 from sa3_core.text import T5GemmaTextEncoder
+from sa3_core.tiny import tiny_sentencepiece_model
 
 TE_FOLDER = "t5gemma-b-b-ul2"
 # The tiny fixture encoders keep two transformers defaults that differ from T5Gemma-b; a single file
@@ -329,40 +329,11 @@ def test_single_file_that_is_not_sa3(tmp_path: Path):
 # -- Comfy-Org text encoder file (t5gemma_b_b_ul2.safetensors) ----------------------------------------
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, value) -> bytes:
-    if isinstance(value, str):
-        value = value.encode("utf-8")
-    if isinstance(value, bytes):
-        return _varint(number << 3 | 2) + _varint(len(value)) + value
-    if isinstance(value, float):
-        return _varint(number << 3 | 5) + struct.pack("<f", value)
-    return _varint(number << 3) + _varint(value)
-
-
-def _tiny_spiece_model() -> bytes:
-    """A Gemma-style SentencePiece BPE model small enough for the 30-row tiny embedding."""
-    pieces = [("<pad>", 3), ("<eos>", 3), ("<bos>", 3), ("<unk>", 2)]
-    pieces += [(p, 1) for p in ["▁", "a", "b", "c", "d", "ab", "cd", "abcd", "▁abcd"]]
-    data = b"".join(_field(1, _field(1, p) + _field(2, -float(i)) + _field(3, t)) for i, (p, t) in enumerate(pieces))
-    trainer = _field(3, 2) + _field(35, 1) + _field(40, 3) + _field(41, 2) + _field(42, 1) + _field(43, 0)
-    normalizer = _field(1, "identity") + _field(3, 0) + _field(4, 0)
-    return data + _field(2, trainer) + _field(3, normalizer)
-
-
 def _comfy_text_encoder_file(fixtures_dir: Path, path: Path, *, spiece: bool = True, extra: dict | None = None) -> Path:
     """The tiny fixture encoder in the Comfy-Org layout: ``model.encoder.*`` + ``spiece_model``."""
     tensors = {"model." + k: v for k, v in load_file(str(fixtures_dir / "tiny-small" / TE_FOLDER / "model.safetensors")).items()}
     if spiece:
-        tensors["spiece_model"] = torch.frombuffer(bytearray(_tiny_spiece_model()), dtype=torch.uint8)
+        tensors["spiece_model"] = torch.frombuffer(bytearray(tiny_sentencepiece_model()), dtype=torch.uint8)
     tensors.update(extra or {})
     save_file(tensors, str(path))
     return path

@@ -333,6 +333,12 @@ class ComfyClient:
     def post(self, path: str, body: dict[str, Any] | None = None) -> requests.Response:
         return requests.post(f"{self.url}{path}", json=body or {}, timeout=self.request_timeout_s)
 
+    def set_setting(self, setting_id: str, value: Any) -> None:
+        """Store a frontend setting (e.g. Comfy.TutorialCompleted) as the settings dialog does; pages opened
+        afterwards read it."""
+        response = requests.post(f"{self.url}/settings/{setting_id}", json=value, timeout=self.request_timeout_s)
+        response.raise_for_status()
+
     def object_info(self, node_type: str | None = None) -> dict[str, Any]:
         return self.get(f"/object_info/{node_type}" if node_type else "/object_info").json()
 

@@ -18,7 +18,7 @@ import pytest
 
 from comfy_host import ComfyClient, ComfyServer, prepare_comfy_tree
 from frontend import ComfyFrontend
-from sa3_assets import SA3_MODEL_NAME, install_sa3_assets
+from sa3_assets import SA3_MODEL_NAME, SA3_SINGLE_FILE, SA3_TEXT_ENCODER_FILE, install_sa3_assets
 
 E2E_DIR = Path(__file__).resolve().parent
 REPO_ROOT = E2E_DIR.parents[1]
@@ -82,6 +82,16 @@ def sa3_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sa3_server(comfy_server: ComfyServer, sa3_tiny_model: Path, fixtures_dir: Path) -> ComfyServer:
+def sa3_tiny_single_files(sa3_tiny_model: Path) -> tuple[Path, Path]:
+    """The same tiny model in the Comfy-Org layout: (model file, T5Gemma file), under the Comfy-Org names."""
+    from sa3_core.tiny import write_tiny_single_files
+
+    folder = sa3_tiny_model.parent
+    return write_tiny_single_files(sa3_tiny_model, folder / SA3_SINGLE_FILE, folder / SA3_TEXT_ENCODER_FILE)
+
+
+@pytest.fixture(scope="session")
+def sa3_server(comfy_server: ComfyServer, sa3_tiny_model: Path, sa3_tiny_single_files: tuple[Path, Path],
+               fixtures_dir: Path) -> ComfyServer:
     """The server with the pack's test models and clip (install_sa3_assets)."""
-    return install_sa3_assets(comfy_server, sa3_tiny_model, fixtures_dir)
+    return install_sa3_assets(comfy_server, sa3_tiny_model, sa3_tiny_single_files, fixtures_dir)

@@ -8,6 +8,8 @@ leak anything.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,18 @@ CHROMIUM_ARGS = [
 _APP_READY = "() => !!(window.app && window.app.extensionManager && window.app.graph)"
 _LOADING_MASK = ".p-blockui-mask"
 
+# Per Preview Image node: its last output's pictures and how many of them the canvas has loaded.
+_PREVIEWS = """() => window.app.graph.nodes.filter(n => n.type === "PreviewImage").map(n => ({
+    id: n.id,
+    outputs: window.app.nodeOutputs[String(n.id)]?.images ?? [],
+    shown: (n.imgs ?? []).filter(img => img.complete && img.naturalWidth > 0).length,
+}))"""
+_RELOAD_ABANDONED_PREVIEWS = """() => {
+    for (const n of window.app.graph.nodes)
+        if (n.type === "PreviewImage" && !n.isLoading && n.images?.length && !n.imgs?.length) n.images = undefined;
+    window.app.graph.setDirtyCanvas(true, true);
+}"""
+
 
 class ComfyFrontend:
     """One browser page on the ComfyUI frontend.
@@ -37,10 +51,12 @@ class ComfyFrontend:
             prompt_id = ui.queue()
     """
 
-    def __init__(self, url: str, *, timeout_s: float = 60.0, chromium: Path = CHROMIUM) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 60.0, chromium: Path = CHROMIUM,
+                 viewport: tuple[int, int] | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout_ms = timeout_s * 1000
         self.chromium = chromium
+        self.viewport = viewport  # (width, height) of the window; None: Playwright's default (1280 x 720)
         self.console_errors: list[str] = []
         self._playwright: Any = None
         self._browser: Any = None
@@ -53,7 +69,8 @@ class ComfyFrontend:
         try:
             self._browser = self._playwright.chromium.launch(
                 executable_path=str(self.chromium), headless=True, args=CHROMIUM_ARGS)
-            context = self._browser.new_context()
+            size = {"viewport": {"width": self.viewport[0], "height": self.viewport[1]}} if self.viewport else {}
+            context = self._browser.new_context(**size)
             context.set_default_timeout(self.timeout_ms)
             context.route("**/*", self._only_local_server)
             self.page = context.new_page()
@@ -119,6 +136,21 @@ class ComfyFrontend:
         """The current graph as a UI-format workflow, exactly as the frontend saves it."""
         return self.page.evaluate("() => window.app.graph.serialize()")
 
+    def wait_for_previews(self, timeout_s: float = 120.0) -> list[dict[str, Any]]:
+        """Wait until every Preview Image node shows (loaded) all the pictures of its last output; returns per
+        node {id, outputs, shown}. The frontend gives up loading a picture after 8 s (one retry) and never tries
+        again; on a starved CI machine that happens, so an abandoned load is handed back to the frontend's own
+        loader (its draw loop reloads a node whose `images` changed)."""
+        deadline = self.page.evaluate("() => performance.now()") + timeout_s * 1000
+        while True:
+            state = self.page.evaluate(_PREVIEWS)
+            if all(node["shown"] == len(node["outputs"]) > 0 for node in state):
+                return state
+            if self.page.evaluate("() => performance.now()") > deadline:
+                raise TimeoutError(f"previews not shown within {timeout_s} s: {state}")
+            self.page.evaluate(_RELOAD_ABANDONED_PREVIEWS)
+            self.page.wait_for_timeout(1000)
+
     def queue(self) -> str:
         """Queue the current workflow as the Run button does; returns the prompt id the server assigned."""
         with self.page.expect_response(
@@ -129,3 +161,17 @@ class ComfyFrontend:
         if answer.value.status != 200:
             raise RuntimeError(f"the server rejected the frontend's prompt: {body}")
         return body["prompt_id"]
+
+
+@contextmanager
+def frozen(frontend: ComfyFrontend) -> Iterator[None]:
+    """Freeze the page (no script, no rendering) while the server computes: on a 2-core CI machine the idle
+    frontend's canvas redraws otherwise take a good share of the CPU the run needs, and a starved page can
+    give up loading an early result's preview image (the frontend times the load out and never retries)."""
+    cdp = frontend.page.context.new_cdp_session(frontend.page)
+    cdp.send("Page.setWebLifecycleState", {"state": "frozen"})
+    try:
+        yield
+    finally:
+        cdp.send("Page.setWebLifecycleState", {"state": "active"})
+        cdp.detach()

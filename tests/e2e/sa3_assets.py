@@ -11,9 +11,15 @@ from typing import Any
 from comfy_host import ComfyClient, ComfyServer, PromptResult
 
 SA3_MODEL_NAME = "stable-audio-3-small-music"  # the official folder name; in the tests a tiny random-weight model
+# The Comfy-Org single files the workflows name (models/checkpoints, models/text_encoders); in the tests the same
+# tiny model in that layout (sa3_core.tiny.write_tiny_single_files).
+SA3_SINGLE_FILE = "stable_audio_3_small_music.safetensors"
+SA3_TEXT_ENCODER_FILE = "t5gemma_b_b_ul2.safetensors"
+SA3_EXAMPLE_CLIP = "sa3_example_clip.flac"  # shipped in workflows/input/; the pack copies it into input/
 SA3_LORAS = ("style_a_lora.safetensors", "style_b_dora.safetensors")  # official-format LoRAs for the tiny model
+# A test-only clip the server tests load: mono 22.05 kHz, so those graphs exercise resampling and mono -> stereo.
 SA3_EXAMPLE_INPUT = "sa3_example_input.wav"
-SA3_EXAMPLE_INPUT_RATE = 22050  # mono 22.05 kHz, so the graph exercises resampling and mono -> stereo
+SA3_EXAMPLE_INPUT_RATE = 22050
 SA3_EXAMPLE_INPUT_SECONDS = 4.0
 
 
@@ -24,6 +30,16 @@ def sa3_example_input_pcm() -> Any:
     t = np.arange(int(SA3_EXAMPLE_INPUT_SECONDS * SA3_EXAMPLE_INPUT_RATE)) / SA3_EXAMPLE_INPUT_RATE
     signal = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 330 * t)) * np.exp(-0.4 * t)
     return np.round(signal * 32767).astype("<i2")[None]
+
+
+def sa3_example_clip() -> tuple[int, Any]:
+    """The shipped example clip as Load Audio decodes it: (44100, float32 (2, samples) = int16 / 2**15), from
+    the script that synthesized it (a test checks the shipped file holds exactly these samples)."""
+    import numpy as np
+
+    from make_example_clip import SAMPLE_RATE, synthesize
+
+    return SAMPLE_RATE, synthesize().astype(np.float32) / 32768.0
 
 
 def reset_cache(comfy: ComfyClient) -> None:
@@ -62,12 +78,17 @@ def saved_latent(output_dir: Path, result: PromptResult, saver: str) -> Any:
     return load_file(output_dir / file_ref["subfolder"] / file_ref["filename"])["latent_tensor"]
 
 
-def install_sa3_assets(server: ComfyServer, tiny_model: Path, fixtures_dir: Path) -> ComfyServer:
-    """Put the tiny model in models/stable_audio_3, the fixture LoRAs in models/loras and the example clip in
-    input/ (the names the workflows in workflows/ use)."""
+def install_sa3_assets(server: ComfyServer, tiny_model: Path, single_files: tuple[Path, Path],
+                       fixtures_dir: Path) -> ComfyServer:
+    """Put the tiny model in models/stable_audio_3 as an official folder and in models/checkpoints +
+    models/text_encoders as Comfy-Org files (the names the workflows in workflows/ use), the fixture LoRAs in
+    models/loras and a test clip in input/ (the pack itself copies its example clip there)."""
     import wave
 
     server.link(f"models/stable_audio_3/{SA3_MODEL_NAME}", tiny_model)
+    model_file, text_encoder_file = single_files
+    server.link(f"models/checkpoints/{SA3_SINGLE_FILE}", model_file)
+    server.link(f"models/text_encoders/{SA3_TEXT_ENCODER_FILE}", text_encoder_file)
     for name in SA3_LORAS:
         server.link(f"models/loras/{name}", fixtures_dir / "loras" / name)
     pcm = sa3_example_input_pcm()

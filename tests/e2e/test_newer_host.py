@@ -44,11 +44,11 @@ pytestmark = pytest.mark.newer_host
 
 @pytest.fixture(scope="module")
 def newer_server(comfy_tree: Path, tmp_path_factory: pytest.TempPathFactory, sa3_tiny_model: Path,
-                 fixtures_dir: Path) -> Iterator[ComfyServer]:
+                 sa3_tiny_single_files: tuple[Path, Path], fixtures_dir: Path) -> Iterator[ComfyServer]:
     base_dir = tmp_path_factory.mktemp("comfyui-newer-host")
     packs = {EMULATION_FOLDER: EMULATION_DIR, PACK_FOLDER: REPO_ROOT}
     with ComfyServer(comfy_tree, base_dir, custom_nodes=packs) as server:
-        yield install_sa3_assets(server, sa3_tiny_model, fixtures_dir)
+        yield install_sa3_assets(server, sa3_tiny_model, sa3_tiny_single_files, fixtures_dir)
 
 
 @pytest.fixture(scope="module")

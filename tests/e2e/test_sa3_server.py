@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from comfy_host import ComfyClient, ComfyServer, PromptRejected, decode_audio
-from sa3_assets import SA3_EXAMPLE_INPUT, SA3_LORAS, SA3_MODEL_NAME, reset_cache, saved_latent
+from sa3_assets import (SA3_EXAMPLE_INPUT, SA3_LORAS, SA3_MODEL_NAME, SA3_SINGLE_FILE, SA3_TEXT_ENCODER_FILE,
+                        reset_cache, saved_latent)
 
 from sa3_core.pipeline import StableAudioModel
 from tests.golden import relative_l2
@@ -35,6 +36,8 @@ NODE_INPUTS = {
     "SA3_InpaintMask": ["model", "latent", "audio", "mode", "regions"],
     "SA3_RFSampler": ["model", "conditioning", "latent", "seed", "steps", "cfg", "apg_scale", "sampler", "shift"],
     "SA3_VAEDecode": ["model", "latent", "chunked", "peak"],
+    "SA3_PromptBuilder": ["mode", "description", "genre", "instruments", "mood", "bpm", "key", "vocal_type", "format"],
+    "SA3_Spectrogram": ["audio", "frequency_scale", "dynamic_range_db", "width", "height"],
 }
 
 
@@ -118,8 +121,9 @@ def test_every_node_is_registered_with_stable_inputs(sa3_server: ComfyServer, ob
 
 def test_loader_lists_models_and_text_encoders(sa3_server: ComfyServer, comfy: ComfyClient) -> None:
     inputs = comfy.object_info("SA3_ModelLoader")["SA3_ModelLoader"]["input"]["required"]
-    assert inputs["model"][1]["options"] == [SA3_MODEL_NAME]  # the folder, not the files inside it
-    assert inputs["text_encoder"][1]["options"][0] == "auto"
+    # The official folder (not the files inside it) and the Comfy-Org file from models/checkpoints.
+    assert inputs["model"][1]["options"] == sorted([SA3_MODEL_NAME, SA3_SINGLE_FILE])
+    assert inputs["text_encoder"][1]["options"] == ["auto", SA3_TEXT_ENCODER_FILE]
     lora_options = comfy.object_info("SA3_LoRAApply")["SA3_LoRAApply"]["input"]["required"]["lora_name"][1]["options"]
     assert set(SA3_LORAS) <= set(lora_options)
 

@@ -18,8 +18,7 @@ are the same operations in the same order on the same CPU; in practice they diff
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,13 @@ import torch
 
 from comfy_host import ComfyClient, ComfyServer, PromptResult, comparable_prompt, decode_audio
 from sa3_assets import (
-    SA3_EXAMPLE_INPUT_RATE,
     SA3_LORAS,
     reset_cache,
-    sa3_example_input_pcm,
+    sa3_example_clip,
     saved_latent,
     with_latent_savers,
 )
-from frontend import ComfyFrontend
+from frontend import ComfyFrontend, frozen
 
 from sa3_core.pipeline import StableAudioModel
 from tests.golden import relative_l2
@@ -52,8 +50,9 @@ SAMPLER, INIT_AUDIO = "SA3_RFSampler", "SA3_InitAudioEncode"  # the nodes whose 
 
 
 def example_input() -> tuple[int, torch.Tensor]:
-    """The example clip as LoadAudio decodes it (int16 / 2**15)."""
-    return SA3_EXAMPLE_INPUT_RATE, torch.from_numpy(sa3_example_input_pcm().astype(np.float32) / 32768.0)
+    """The shipped example clip (workflows/input/sa3_example_clip.flac) as LoadAudio decodes it (int16 / 2**15)."""
+    rate, samples = sa3_example_clip()
+    return rate, torch.from_numpy(samples)
 
 
 def with_loras(model: StableAudioModel, fixtures_dir: Path, call: Callable[[], Any]) -> Any:
@@ -71,7 +70,9 @@ def with_loras(model: StableAudioModel, fixtures_dir: Path, call: Callable[[], A
 # What each workflow computes, as a StableAudioModel.generate call (steps / cfg None = the model's defaults,
 # as the sampler's 0). The keys are the workflow file stems.
 REFERENCES: dict[str, dict[str, Any]] = {
-    "sa3_text_to_audio": dict(prompt="warm analog synth pads with soft piano, ambient, 90 BPM", duration=10.0, seed=42),
+    "sa3_text_to_audio": dict(prompt="TrackType: Music, VocalType: Instrumental, Genre: Ambient, Instruments: Synth, "
+                                     "Piano, Mood: Calm, Warm, 90 BPM, Key: D minor, warm analog synth pads with soft "
+                                     "piano", duration=10.0, seed=42),  # the Prompt Builder's output
     "sa3_audio_to_audio": dict(prompt="dark techno drums with deep bass", duration=4.0, seed=7,
                                init_audio="example", init_noise_level=0.9),
     "sa3_inpainting": dict(prompt="bright jazz guitar", duration=4.0, seed=11, inpaint_audio="example",
@@ -90,9 +91,11 @@ NAMES = sorted(REFERENCES)
 
 
 @pytest.fixture(scope="module")
-def reference_model(sa3_tiny_model: Path) -> StableAudioModel:
-    # The dtype policy's choice, as the workflows' Loader "auto" (bf16 on a CPU where it is much faster).
-    return StableAudioModel.from_pretrained(sa3_tiny_model, device="cpu")
+def reference_model(sa3_tiny_single_files: tuple[Path, Path]) -> StableAudioModel:
+    """The files the workflows' loader names (the Comfy-Org layout of the tiny model)."""
+    model_file, text_encoder_file = sa3_tiny_single_files
+    return StableAudioModel.from_pretrained(model_file, device="cpu", dtype=torch.float32,
+                                            text_encoder_path=text_encoder_file)
 
 
 @dataclass
@@ -174,19 +177,6 @@ def cached_pack_nodes(result: PromptResult, graph: dict[str, Any]) -> list[str]:
     (LoadAudio may come from the cache: reset_cache's barrier prompt has just loaded the same clip.)"""
     cached = (result.message("execution_cached") or {}).get("nodes", [])
     return [node for node in cached if graph[node]["class_type"] != "LoadAudio"]
-
-
-@contextmanager
-def frozen(frontend: ComfyFrontend) -> Iterator[None]:
-    """Freeze the page (no script, no rendering) while the server computes: on a 2-core CI machine the idle
-    frontend's canvas redraws otherwise take a good share of the CPU the run needs."""
-    cdp = frontend.page.context.new_cdp_session(frontend.page)
-    cdp.send("Page.setWebLifecycleState", {"state": "frozen"})
-    try:
-        yield
-    finally:
-        cdp.send("Page.setWebLifecycleState", {"state": "active"})
-        cdp.detach()
 
 
 def test_every_workflow_has_both_formats_and_a_reference() -> None:

@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from comfy_host import ComfyClient, ComfyServer, prepare_comfy_tree
 from frontend import ComfyFrontend
 from sa3_assets import SA3_MODEL_NAME, SA3_SINGLE_FILE, SA3_TEXT_ENCODER_FILE, install_sa3_assets
+
+from sa3_core.pipeline import StableAudioModel
 
 E2E_DIR = Path(__file__).resolve().parent
 REPO_ROOT = E2E_DIR.parents[1]
@@ -95,3 +98,10 @@ def sa3_server(comfy_server: ComfyServer, sa3_tiny_model: Path, sa3_tiny_single_
                fixtures_dir: Path) -> ComfyServer:
     """The server with the pack's test models and clip (install_sa3_assets)."""
     return install_sa3_assets(comfy_server, sa3_tiny_model, sa3_tiny_single_files, fixtures_dir)
+
+
+@pytest.fixture(scope="session")
+def reference_model(sa3_tiny_model: Path) -> StableAudioModel:
+    """The tiny model's official folder through the Python API, in float32: what the Loader's dtype "auto"
+    picks in this test session (tests/conftest.py pins the CPU precision policy to float32)."""
+    return StableAudioModel.from_pretrained(sa3_tiny_model, device="cpu", dtype=torch.float32)

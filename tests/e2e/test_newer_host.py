@@ -23,7 +23,7 @@ from comfy_host import ComfyClient, ComfyServer
 from sa3_assets import install_sa3_assets
 from test_sa3_server import test_interrupt_stops_sampling_and_the_next_prompt_runs as check_interrupt
 from test_sa3_server import test_lora_changes_only_its_own_branch as check_lora_branches
-from test_sa3_workflows import PACK_FOLDER, REPO_ROOT, reference, reference_model  # noqa: F401 - fixtures
+from test_sa3_workflows import PACK_FOLDER, REPO_ROOT, reference, workflow_reference_model  # noqa: F401 - fixtures
 from test_sa3_workflows import test_api_workflow_matches_python_api as check_api_workflow
 
 EMULATION_FOLDER = "sa3-newer-host-emulation"

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -72,11 +71,6 @@ def with_audio(nodes: dict[str, Any], clip: str, node: str, **inputs: Any) -> di
             "model": ["1", 0], "latent": ["3", 0], "audio": ["7", 0], "mode": "regions", **inputs}}
     nodes["4"]["inputs"]["latent"] = ["8", 0]
     return nodes
-
-
-@pytest.fixture(scope="module")
-def reference_model(sa3_tiny_model: Path) -> StableAudioModel:
-    return StableAudioModel.from_pretrained(sa3_tiny_model, device="cpu", dtype=torch.float32)
 
 
 def assert_serves(comfy: ComfyClient, reference: StableAudioModel | None = None) -> None:

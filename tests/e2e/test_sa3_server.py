@@ -69,12 +69,6 @@ def t2a_graph(prompt: str = "piano", *, duration: float = 2.0, seed: int = 1, st
     return graph
 
 
-@pytest.fixture(scope="module")
-def reference_model(sa3_tiny_model: Path) -> StableAudioModel:
-    # The dtype policy's choice, as the workflows' Loader "auto" (bf16 on a CPU where it is much faster).
-    return StableAudioModel.from_pretrained(sa3_tiny_model, device="cpu")
-
-
 def saved_audio(comfy: ComfyClient, result) -> list[np.ndarray]:
     assert result.ok, result.messages
     items = []

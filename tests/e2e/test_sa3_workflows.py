@@ -91,7 +91,7 @@ NAMES = sorted(REFERENCES)
 
 
 @pytest.fixture(scope="module")
-def reference_model(sa3_tiny_single_files: tuple[Path, Path]) -> StableAudioModel:
+def workflow_reference_model(sa3_tiny_single_files: tuple[Path, Path]) -> StableAudioModel:
     """The files the workflows' loader names (the Comfy-Org layout of the tiny model)."""
     model_file, text_encoder_file = sa3_tiny_single_files
     return StableAudioModel.from_pretrained(model_file, device="cpu", dtype=torch.float32,
@@ -108,7 +108,7 @@ class Expected:
 
 
 @pytest.fixture(scope="module")
-def reference(reference_model: StableAudioModel, fixtures_dir: Path) -> Callable[[str], Expected]:
+def reference(workflow_reference_model: StableAudioModel, fixtures_dir: Path) -> Callable[[str], Expected]:
     """name -> what generate (and, for the init audio, encode_audio) returns for that workflow (computed once)."""
     cache: dict[str, Expected] = {}
 
@@ -121,14 +121,14 @@ def reference(reference_model: StableAudioModel, fixtures_dir: Path) -> Callable
                     kwargs[key] = example_input()
 
             def call() -> tuple[Any, torch.Tensor]:
-                return reference_model.generate(**kwargs), reference_model.generate(**kwargs, return_latents=True)
+                return workflow_reference_model.generate(**kwargs), workflow_reference_model.generate(**kwargs, return_latents=True)
 
-            audio, latents = with_loras(reference_model, fixtures_dir, call) if use_loras else call()
+            audio, latents = with_loras(workflow_reference_model, fixtures_dir, call) if use_loras else call()
             init_latents = None
             if "init_audio" in kwargs:
                 batch = kwargs.get("batch_size", 1)
-                window = reference_model.plan_window([kwargs["duration"]] * batch)
-                init_latents = reference_model.encode_audio(kwargs["init_audio"], window).expand(batch, -1, -1)
+                window = workflow_reference_model.plan_window([kwargs["duration"]] * batch)
+                init_latents = workflow_reference_model.encode_audio(kwargs["init_audio"], window).expand(batch, -1, -1)
             cache[name] = Expected([item.numpy() for item in audio], latents, init_latents)
         return cache[name]
 

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from comfy_host import ComfyClient, ComfyServer, PromptRejected, decode_audio
-from sa3_assets import SA3_EXAMPLE_INPUT, SA3_LORAS, SA3_MODEL_NAME
+from sa3_assets import SA3_EXAMPLE_INPUT, SA3_LORAS, SA3_MODEL_NAME, SA3_TEXT_ENCODER_FILE
 
 from sa3_core.pipeline import StableAudioModel
 
@@ -115,6 +115,18 @@ def placed(server: ComfyServer, relative: str, source: Path) -> Iterator[str]:
         yield relative.split("/", 2)[2]
     finally:
         target.unlink()
+
+
+@contextmanager
+def set_aside(server: ComfyServer, relative: str) -> Iterator[None]:
+    """The server's file ``relative`` moved out of its folder for the duration of the block."""
+    target = server.base_dir / relative
+    aside = target.with_name(f".{target.name}.aside")
+    target.rename(aside)
+    try:
+        yield
+    finally:
+        aside.rename(target)
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int) -> str:
@@ -319,7 +331,9 @@ def test_an_eight_channel_clip_keeps_its_front_pair_and_the_log_says_so(sa3_serv
 def test_auto_text_encoder_takes_the_one_t5gemma_folder(sa3_server: ComfyServer, comfy: ComfyClient,
                                                         sa3_tiny_model: Path) -> None:
     """The folder's own model.safetensors was listed as a second encoder, and auto refused ("several")."""
-    with placed(sa3_server, "models/text_encoders/t5gemma-b-b-ul2", sa3_tiny_model / "t5gemma-b-b-ul2"), \
+    # Only the folder: the session's Comfy-Org text-encoder file (the workflows' one) is set aside meanwhile.
+    with set_aside(sa3_server, f"models/text_encoders/{SA3_TEXT_ENCODER_FILE}"), \
+         placed(sa3_server, "models/text_encoders/t5gemma-b-b-ul2", sa3_tiny_model / "t5gemma-b-b-ul2"), \
          placed(sa3_server, "models/stable_audio_3/stable_audio_3_tiny.safetensors",
                 sa3_tiny_model / "model.safetensors") as single_file:
         options = comfy.object_info("SA3_ModelLoader")["SA3_ModelLoader"]["input"]["required"]["text_encoder"][1]

@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from comfy_host import ComfyClient, ComfyServer, prepare_comfy_tree
 from frontend import ComfyFrontend
 from sa3_assets import SA3_MODEL_NAME, SA3_SINGLE_FILE, SA3_TEXT_ENCODER_FILE, install_sa3_assets
 
-from sa3_core.pipeline import StableAudioModel
 
 E2E_DIR = Path(__file__).resolve().parent
 REPO_ROOT = E2E_DIR.parents[1]
@@ -101,7 +99,11 @@ def sa3_server(comfy_server: ComfyServer, sa3_tiny_model: Path, sa3_tiny_single_
 
 
 @pytest.fixture(scope="session")
-def reference_model(sa3_tiny_model: Path) -> StableAudioModel:
+def reference_model(sa3_tiny_model: Path) -> Any:
     """The tiny model's official folder through the Python API, in float32: what the Loader's dtype "auto"
     picks in this test session (tests/conftest.py pins the CPU precision policy to float32)."""
+    import torch  # here, not at the top: the developer tools beside this file import it without sa3_core on the path
+
+    from sa3_core.pipeline import StableAudioModel
+
     return StableAudioModel.from_pretrained(sa3_tiny_model, device="cpu", dtype=torch.float32)

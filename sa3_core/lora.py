@@ -140,7 +140,8 @@ def gates_from_configs(lora_configs: Sequence[Mapping[str, object]]) -> list[LoR
     """The official ``generate(lora_configs=[{"lora_index": i, "interval": (lo, hi), "layer_filter": "..."}])``
     entries as gates (``interval`` defaults to (0, 1), ``layer_filter`` to none, as official)."""
     if isinstance(lora_configs, (Mapping, str, bytes)):
-        raise LoRAError("lora_configs must be a list of {'lora_index': ..., 'interval': ..., 'layer_filter': ...} dicts")
+        raise LoRAError("lora_configs must be a list of {'lora_index': ..., 'interval': ..., 'layer_filter': ...} "
+                        "dicts")
     gates = []
     for i, entry in enumerate(lora_configs):
         if not isinstance(entry, Mapping) or "lora_index" not in entry or set(entry) - set(_GATE_KEYS):
@@ -150,8 +151,8 @@ def gates_from_configs(lora_configs: Sequence[Mapping[str, object]]) -> list[LoR
         layer_filter = entry.get("layer_filter") or ""  # None is no filter, as official
         if isinstance(index, bool) or not isinstance(index, int):
             raise LoRAError(f"lora_configs[{i}]: lora_index must be an integer, got {index!r}")
-        if not (isinstance(interval, (tuple, list)) and len(interval) == 2
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in interval)):
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in interval)
+        if not (isinstance(interval, (tuple, list)) and len(interval) == 2 and numbers):
             raise LoRAError(f"lora_configs[{i}]: interval must be two numbers (low, high), got {interval!r}")
         if not isinstance(layer_filter, str):
             raise LoRAError(f"lora_configs[{i}]: layer_filter must be a string, got {layer_filter!r}")
@@ -244,7 +245,8 @@ class LoRAStack:
             self._refresh(list(new))
         return [lora.name for lora in parsed]
 
-    def _plan_of(self, files: list[LoRAFile], strengths: list[dict[str, float]]) -> dict[WeightKey, list[PlannedAdapter]]:
+    def _plan_of(self, files: list[LoRAFile],
+                 strengths: list[dict[str, float]]) -> dict[WeightKey, list[PlannedAdapter]]:
         weights = {target: adaptable_weights(module) for target, module in self.targets.items()}
         return plan_lora_stack(list(zip(files, strengths)), weights, self.roots)
 

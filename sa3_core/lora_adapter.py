@@ -101,7 +101,8 @@ class Adapter:
     def check_fits(self, weight_shape: torch.Size, module: str) -> None:
         """Raise if this adapter's tensors do not fit a weight of ``weight_shape``."""
         if len(weight_shape) not in (2, 3):
-            raise LoRAError(f"{module}: LoRA targets Linear and Conv1d weights, this weight has shape {tuple(weight_shape)}")
+            raise LoRAError(f"{module}: LoRA targets Linear and Conv1d weights, this weight has shape "
+                            f"{tuple(weight_shape)}")
         fan_out, fan_in = weight_shape[0], math.prod(weight_shape[1:])
         r = self.rank
         expected = {

@@ -197,7 +197,8 @@ def _resolve_adapter_type(raw: object, grouped: Mapping[str, Mapping[str, Tensor
             return "dora-rows"  # legacy (fan_out, 1), or 1-D: the official default
         return "dora-rows"
     if raw not in ADAPTER_TYPES:
-        raise LoRAError(f"{path}: unknown adapter_type {raw!r} (supported: {', '.join(ADAPTER_TYPES)}, and legacy 'dora')")
+        raise LoRAError(f"{path}: unknown adapter_type {raw!r} (supported: {', '.join(ADAPTER_TYPES)}, and legacy "
+                        "'dora')")
     return raw
 
 
@@ -228,7 +229,8 @@ def read_lora_file(path: str | Path, roots: Mapping[str, str] = DEFAULT_ROOTS) -
     for key, tensor in tensors.items():
         match = _KEY.match(key)
         if match is None:
-            raise LoRAError(f"{path}: {key!r} is not an SA3 LoRA tensor (expected '<module>.parametrizations.weight.0.<tensor>')")
+            raise LoRAError(f"{path}: {key!r} is not an SA3 LoRA tensor (expected "
+                            "'<module>.parametrizations.weight.0.<tensor>')")
         if match["index"] != "0":
             raise LoRAError(f"{path}: {key!r} uses parametrization index {match['index']}; LoRA files use index 0")
         if not tensor.is_floating_point():

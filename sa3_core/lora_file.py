@@ -2,8 +2,8 @@
 
 File format (official ``save_lora_safetensors``)
     A safetensors file of fp16 tensors with a ``lora_config`` JSON string in its metadata
-    (``rank``, ``alpha``, ``adapter_type``, ``dropout``, ``include``, ``exclude``). Tensor keys name the
-    adapted module relative to the sub-model the official code parametrised::
+    (``rank``, ``alpha``, ``adapter_type``, ``include``, ``exclude``; ``dropout``, used in training only, is not
+    read). Tensor keys name the adapted module relative to the sub-model the official code parametrised::
 
         model.<DiT module path>.parametrizations.weight.0.lora_A          (DiT, relative to DiTWrapper)
         conditioners.<conditioner module path>.parametrizations.weight.0.lora_B
@@ -90,14 +90,13 @@ def _selected_by_filters(name: str, include: Sequence[str] | None, exclude: Sequ
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    """The ``lora_config`` metadata, with the official defaults filled in."""
+    """The ``lora_config`` metadata we use, with the official defaults filled in."""
 
     rank: int
     alpha: float
     adapter_type: str
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] | None = None
-    dropout: float = 0.0  # training only
 
     @property
     def scaling(self) -> float:
@@ -253,7 +252,6 @@ def read_lora_file(path: str | Path, roots: Mapping[str, str] = DEFAULT_ROOTS) -
         adapter_type=adapter_type,
         include=_patterns(config.get("include"), "include", path),
         exclude=_patterns(config.get("exclude"), "exclude", path),
-        dropout=float(_number(config, "dropout", 0.0, path)),
     )
 
     adapters = {}

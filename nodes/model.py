@@ -21,8 +21,8 @@ Three ModelPatchers, one per stage, so each stage only holds the weights it need
 
 LoRA (non-destructive, ComfyUI's own mechanism)
     LoRAApply returns a new SA3Model whose ``dit`` and ``text`` patchers are clones of the *unpatched*
-    loader patchers with one weight patch per adapted weight. The patch computes
-    ``sa3_core.lora.effective_weight(base, adapters of the whole stack, strengths)`` when ComfyUI loads
+    loader patchers with one weight patch per weight ``sa3_core.lora.plan_lora_stack`` adapts. The patch computes
+    ``sa3_core.lora_adapter.effective_weight(base, adapters of the whole stack, strengths)`` when ComfyUI loads
     the clone (and ComfyUI restores the base weights when another clone, or the plain model, is loaded;
     under dynamic VRAM it applies the patch to each streamed weight instead),
     so the weights equal ``StableAudioModel.load_lora`` + ``set_lora_strength`` bit for bit, other

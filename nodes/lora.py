@@ -51,4 +51,4 @@ class SA3LoRAApply(io.ComfyNode):
         choose("target", target, list(LORA_TARGETS))
         with files.relative_paths_in_errors():
             path = files.resolve_lora(lora_name)
-            return io.NodeOutput(model.with_lora(lora_name, path, strength, LORA_TARGETS[target]))
+            return io.NodeOutput(model.with_lora(path, strength, LORA_TARGETS[target]))

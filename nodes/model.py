@@ -21,8 +21,8 @@ Three ModelPatchers, one per stage, so each stage only holds the weights it need
 
 LoRA (non-destructive, ComfyUI's own mechanism)
     LoRAApply returns a new SA3Model whose ``dit`` and ``text`` patchers are clones of the *unpatched*
-    loader patchers with one weight patch per adapted weight. The patch computes
-    ``sa3_core.lora.effective_weight(base, adapters of the whole stack, strengths)`` when ComfyUI loads
+    loader patchers with one weight patch per weight ``sa3_core.lora.plan_lora_stack`` adapts. The patch computes
+    ``sa3_core.lora_adapter.effective_weight(base, adapters of the whole stack, strengths)`` when ComfyUI loads
     the clone (and ComfyUI restores the base weights when another clone, or the plain model, is loaded;
     under dynamic VRAM it applies the patch to each streamed weight instead),
     so the weights equal ``StableAudioModel.load_lora`` + ``set_lora_strength`` bit for bit, other
@@ -43,15 +43,16 @@ import comfy.ops
 from comfy.weight_adapter import WeightAdapterBase
 
 from ..sa3_core.checkpoint import load_components
-from ..sa3_core.lora import (DEFAULT_ROOTS, Adapter, LoRAFile, effective_weight, module_name_to_target, read_lora_file,
-                             validate_strength)
+from ..sa3_core.lora import PlannedAdapter, adaptable_weights, plan_lora_stack, validate_strength
+from ..sa3_core.lora_adapter import Adapter, effective_weight
+from ..sa3_core.lora_file import LoRAFile, read_lora_file
 from ..sa3_core.pipeline import StableAudioModel
 from ..sa3_core.precision import component_dtypes
 
 PARTS = ("text", "dit", "vae")
 
-# Where each LoRA target's modules sit inside the patchers' parts (see SA3Part below).
-_LORA_TARGET_PART = {"dit": ("dit", "dit."), "conditioner": ("text", "conditioners.")}
+# Where each LoRA target's module sits inside the patchers' parts (see SA3Part below): (part, module name).
+_LORA_TARGET_PART = {"dit": ("dit", "dit"), "conditioner": ("text", "conditioners")}
 
 LORA_TARGETS = {
     "dit and conditioner": ("dit", "conditioner"),
@@ -95,19 +96,6 @@ def _host_patcher_class() -> type[comfy.model_patcher.ModelPatcher]:
     return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
 
 
-@dataclass(frozen=True)
-class LoRAEntry:
-    """One LoRAApply in a chain."""
-
-    name: str
-    file: LoRAFile
-    strength: float
-    targets: tuple[str, ...]  # the LoRA targets ("dit", "conditioner") the strength applies to; others get 0
-
-    def strength_for(self, target: str) -> float:
-        return self.strength if target in self.targets else 0.0
-
-
 class _StackPatch(WeightAdapterBase):
     """A ComfyUI weight patch: the SA3 LoRA stack's effective weight for one parameter.
 
@@ -131,12 +119,12 @@ class _StackPatch(WeightAdapterBase):
         self.weights = weights
 
     @classmethod
-    def of_stack(cls, adapters: list[Adapter], strengths: list[float], dtype: torch.dtype,
-                 loras: list[str]) -> "_StackPatch":
-        """``loras``: the LoRA names, for the message when the merged weight is not finite."""
-        layers = tuple((a.adapter_type, a.rank, a.scaling, float(s), tuple(a.tensors().items()))
-                       for a, s in zip(adapters, strengths))
-        return cls(set(), (dtype, layers, tuple(loras)))
+    def of_stack(cls, planned: list[PlannedAdapter], dtype: torch.dtype) -> "_StackPatch":
+        """The patch for one weight of ``sa3_core.lora.plan_lora_stack``; the LoRA names are for the message
+        when the merged weight is not finite."""
+        layers = tuple((p.adapter.adapter_type, p.adapter.rank, p.adapter.scaling, float(p.strength),
+                        tuple(p.adapter.tensors().items())) for p in planned)
+        return cls(set(), (dtype, layers, tuple(p.lora_name for p in planned)))
 
     def calculate_shape(self, key: str) -> None:
         return None  # a LoRA stack never changes a weight's shape
@@ -159,7 +147,8 @@ class SA3Model:
     name: str
     parts: dict[str, comfy.model_patcher.ModelPatcher]
     base_parts: dict[str, comfy.model_patcher.ModelPatcher]  # the loader's, never patched
-    loras: tuple[LoRAEntry, ...] = field(default_factory=tuple)
+    # The LoRA chain: each file with its strength per LoRA target (sa3_core.lora.plan_lora_stack's input).
+    loras: tuple[tuple[LoRAFile, dict[str, float]], ...] = field(default_factory=tuple)
 
     # -- loading ------------------------------------------------------------------------------------
 
@@ -215,46 +204,23 @@ class SA3Model:
 
     # -- LoRA ---------------------------------------------------------------------------------------
 
-    def with_lora(self, name: str, path: Path, strength: float, targets: tuple[str, ...]) -> "SA3Model":
-        """A new SA3Model with one more LoRA on the stack; this one (and its weights) is unchanged."""
-        entry = LoRAEntry(name=name, file=read_lora_file(path), strength=validate_strength(strength), targets=targets)
-        loras = self.loras + (entry,)
-        shapes = {part: {k: (v.shape, v.dtype) for k, v in self.base_parts[part].model.state_dict().items()}
-                  for part in ("dit", "text")}
-        stacks = self._stacks(loras, shapes)
+    def with_lora(self, path: Path, strength: float, targets: tuple[str, ...]) -> "SA3Model":
+        """A new SA3Model with one more LoRA on the stack; this one (and its weights) is unchanged.
+        ``targets``: the LoRA targets ("dit", "conditioner") ``strength`` applies to; the others get 0."""
+        file, strength = read_lora_file(path), validate_strength(strength)
+        lora = (file, {t: strength if t in targets else 0.0 for t in _LORA_TARGET_PART})
+        loras = self.loras + (lora,)
+        modules = {target: self.base_parts[part].model.get_submodule(module)
+                   for target, (part, module) in _LORA_TARGET_PART.items()}
+        weights = {target: adaptable_weights(module) for target, module in modules.items()}
+        patches: dict[str, dict[str, _StackPatch]] = {part: {} for part, _ in _LORA_TARGET_PART.values()}
+        for (target, path_in_target), planned in plan_lora_stack(loras, weights).items():
+            part, module = _LORA_TARGET_PART[target]
+            dtype = weights[target][path_in_target].dtype
+            patches[part][f"{module}.{path_in_target}.weight"] = _StackPatch.of_stack(planned, dtype)
         parts = dict(self.base_parts)
-        for part in ("dit", "text"):
-            if any(shapes[part][key][1] in WEIGHT_DTYPES.values() for key in stacks[part]):
-                raise ValueError(f"LoRA {name}: this model stores its weights in float8; load it with the "
-                                 "Loader's weights 'default' to apply LoRAs")
-            patches = {key: _StackPatch.of_stack(adapters, strengths, shapes[part][key][1], names)
-                       for key, (adapters, strengths, names) in stacks[part].items()}
-            if patches:
+        for part, part_patches in patches.items():
+            if part_patches:
                 parts[part] = self.base_parts[part].clone()
-                parts[part].add_patches({key: patch for key, patch in patches.items()})
+                parts[part].add_patches(part_patches)
         return SA3Model(core=self.core, name=self.name, parts=parts, base_parts=self.base_parts, loras=loras)
-
-    @staticmethod
-    def _stacks(loras: tuple[LoRAEntry, ...], shapes) -> dict[str, dict[str, tuple[list[Adapter], list[float], list[str]]]]:
-        """Per part, per weight key: the adapters of every LoRA that adapts it, in chain order, with
-        strengths and LoRA names. Raises (naming the file) when a LoRA module matches no weight of this model."""
-        stacks: dict[str, dict[str, tuple[list[Adapter], list[float], list[str]]]] = {"dit": {}, "text": {}}
-        for entry in loras:
-            unmatched = []
-            for module_name, adapter in entry.file.adapters.items():
-                target, module_path = module_name_to_target(module_name, DEFAULT_ROOTS)
-                part, prefix = _LORA_TARGET_PART[target]
-                key = f"{prefix}{module_path}.weight"
-                if key not in shapes[part]:
-                    unmatched.append(module_name)
-                    continue
-                adapter.check_fits(shapes[part][key][0], f"LoRA {entry.name}: {module_name}")
-                adapters, strengths, names = stacks[part].setdefault(key, ([], [], []))
-                adapters.append(adapter)
-                strengths.append(entry.strength_for(target))
-                names.append(entry.name)
-            if unmatched:
-                shown = ", ".join(unmatched[:5]) + (", ..." if len(unmatched) > 5 else "")
-                raise ValueError(f"LoRA {entry.name}: {len(unmatched)} module(s) match no weight of this model "
-                                 f"({shown}); was it made for another SA3 variant?")
-        return stacks

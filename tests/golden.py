@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from sa3_core.pipeline import StableAudioModel
 from tests.helpers import relative_l2
 
-TOLERANCE = 1e-4  # relative L2, latents and audio (the contract in BRIEF.md and both READMEs)
+TOLERANCE = 1e-4  # relative L2, latents and audio (the contract: both fixture sets' READMEs)
 
 
 def case_names(set_dir: Path) -> list[str]:

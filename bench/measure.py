@@ -1,4 +1,5 @@
-"""Measuring tools: stage timer with peak resident memory, the machine's matmul rate, machine load.
+"""Measuring tools: stage timer with peak resident memory, the machine's matmul rate, machine load, the
+relative L2 error.
 
 Peak RSS per stage: Linux keeps the high-water mark of resident memory in ``/proc/self/status``
 (``VmHWM``); writing ``5`` to ``/proc/self/clear_refs`` resets it to the current RSS, so resetting before a
@@ -19,6 +20,12 @@ import torch
 import torch.nn.functional as F
 
 GiB = 1024**3
+
+
+def relative_l2(x: torch.Tensor, reference: torch.Tensor) -> float:
+    """||x - reference|| / ||reference||, in float64 on the CPU."""
+    x, reference = x.double().cpu(), reference.double().cpu()
+    return ((x - reference).norm() / reference.norm()).item()
 
 
 def _status_kib(field: str) -> int:

@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 from sa3_core.attention import flash_available
 from sa3_core.checkpoint import AUTOENCODER_PREFIX, CONDITIONER_PREFIX, DIT_PREFIX
 
-from .measure import load_average, machine_summary
+from .measure import load_average, machine_summary, relative_l2
 from .random_model import random_model
 from .t2a import PROMPT
 
@@ -166,8 +166,7 @@ def compare(official, ours, official_clock: StageClock, ours_clock: StageClock, 
         for r in range(args.rounds):
             official_times, official_audio = run_official(r + 1)
             our_times, our_audio = run_ours(r + 1)
-            official_audio, our_audio = official_audio.float().cpu(), our_audio.float().cpu()
-            rel = ((our_audio - official_audio).norm() / official_audio.norm()).item()
+            rel = relative_l2(our_audio, official_audio)
             rows.append((official_times, our_times))
             print(f"  round {r + 1}: official {official_times['total']:.2f} s, ours {our_times['total']:.2f} s "
                   f"(ours/official {our_times['total'] / official_times['total']:.3f}); outputs rel L2 {rel:.1e}; "

@@ -38,7 +38,7 @@ from sa3_core.checkpoint import SA3Components, build_modules, load_module_weight
 from sa3_core.ops import store_weights
 from sa3_core.pipeline import StableAudioModel
 
-from .measure import load_average, machine_summary
+from .measure import load_average, machine_summary, relative_l2
 from .random_model import random_model
 from .t2a import PROMPT
 
@@ -63,11 +63,6 @@ PRECISIONS = {p.name: p for p in (
     Precision("fp8_e5m2", torch.float32, torch.float32, torch.float8_e5m2),
     Precision("fp8_e4m3fn+bf16", torch.bfloat16, torch.float32, torch.float8_e4m3fn),
 )}
-
-
-def relative_l2(x: torch.Tensor, reference: torch.Tensor) -> float:
-    x, reference = x.double().cpu(), reference.double().cpu()
-    return ((x - reference).norm() / reference.norm()).item()
 
 
 # --------------------------------------------------------------------------------------------------

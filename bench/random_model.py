@@ -6,7 +6,7 @@ network's (unit-norm rows, norm scales 1), so activations stay in the normal flo
 values (denormals, infs) would make CPU timings unrepresentative.
 
 Text encoder: by default the REAL-SIZE T5Gemma-b encoder (12 layers, hidden 768, 12 heads of 64, MLP 2048,
-vocabulary 256 000; official_sa3.md section 1.1) with random weights, so text-encode timings are real.
+vocabulary 256 000: the official t5gemma-b-b-ul2 config) with random weights, so text-encode timings are real.
 Its tokenizer is a small word-level one (real SentencePiece files are not available offline); the
 encoder always sees 256 tokens (padding="max_length"), so the cost does not depend on the tokenizer.
 ``text_encoder="tiny"`` gives a 1-layer encoder instead (for quick runs; its timings are not real).
@@ -27,7 +27,7 @@ from sa3_core.pipeline import StableAudioModel
 from sa3_core.same import WeightNormConv1d
 from sa3_core.text import T5GemmaTextEncoder, t5gemma_encoder_config
 
-# The real T5Gemma-b encoder (official_sa3.md 1.1); everything else comes from T5GEMMA_B_ENCODER.
+# The real T5Gemma-b encoder (the official t5gemma-b-b-ul2 config); everything else comes from T5GEMMA_B_ENCODER.
 T5GEMMA_B_SIZES = dict(vocab_size=256_000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
                        num_attention_heads=12, num_key_value_heads=12)
 _WORDS = ["<pad>", "<eos>", "<bos>", "<unk>", "warm", "ambient", "piano", "with", "soft", "drums", "and",

@@ -35,8 +35,8 @@ Backends and the official behaviour each one reproduces (official code at 636f90
     attention, else ``"sdpa"``.
 
 Note that ``"flash"`` and the other backends give *different* results for padded inputs (varlen
-exclusion vs V-zeroing); on valid positions of the DiT they differ slightly, see
-``docs/reference/official_sa3.md`` section 2.5.
+exclusion vs V-zeroing): zeroed padded values still count in the softmax denominator, so valid positions
+of the DiT differ slightly too (the decoded audio within the requested duration stays close).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Lengths and masks: seconds -> samples -> latents, padding masks, inpaint masks, request checks, output.
 
 All pure functions. Formulas follow the official ``StableAudioModel.generate`` (``model.py``) and
-``data/utils.py`` at 636f906; ``docs/reference/official_sa3.md`` sections 1.4 and 1.5 has worked examples.
+``data/utils.py`` at 636f906 (``_adapt_sample_size``; tests/core/test_masks.py has worked examples).
 
 Vocabulary (SA3 numbers in brackets):
 

@@ -224,6 +224,7 @@ def write_tiny_checkpoint(folder: str | Path, variant: str = "small", seed: int 
 
 
 def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1  # protobuf writes negative integers as 64-bit two's complement
     out = bytearray()
     while True:
         byte, value = value & 0x7F, value >> 7
@@ -232,7 +233,7 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _field(number: int, value) -> bytes:
+def _field(number: int, value: int | float | bytes | str) -> bytes:
     """One protobuf field (string/bytes, float or integer)."""
     if isinstance(value, str):
         value = value.encode("utf-8")
@@ -243,15 +244,28 @@ def _field(number: int, value) -> bytes:
     return _varint(number << 3) + _varint(value)
 
 
+# SentencePiece piece types (sentencepiece_model.proto).
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE = 1, 2, 3, 4, 6
+
+
+def sentencepiece_model_bytes(pieces: list[tuple[str, int]], *, model_type: int = 2, add_dummy_prefix: bool = False,
+                              normalizer: str = "identity") -> bytes:
+    """A serialised SentencePiece ModelProto, Gemma-style by default (BPE, no dummy prefix, identity
+    normalisation, pad/eos/bos/unk ids 0-3): ``pieces`` as (piece, type), scored -index (merge rank)."""
+    out = b"".join(_field(1, _field(1, piece) + _field(2, -float(i)) + _field(3, kind))
+                   for i, (piece, kind) in enumerate(pieces))
+    trainer = (_field(3, model_type) + _field(4, len(pieces)) + _field(35, 1)
+               + _field(40, 3) + _field(41, 2) + _field(42, 1) + _field(43, 0))
+    norm = _field(1, normalizer) + _field(3, int(add_dummy_prefix)) + _field(4, 0) + _field(5, 1)
+    return out + _field(2, trainer) + _field(3, norm)
+
+
 def tiny_sentencepiece_model() -> bytes:
-    """A Gemma-style SentencePiece BPE model (serialised ModelProto) small enough for the 30-row tiny
-    embedding: the four special pieces and a few pieces spelling "abcd"; other text maps to <unk>."""
-    pieces = [("<pad>", 3), ("<eos>", 3), ("<bos>", 3), ("<unk>", 2)]
-    pieces += [(p, 1) for p in ["\u2581", "a", "b", "c", "d", "ab", "cd", "abcd", "\u2581abcd"]]
-    data = b"".join(_field(1, _field(1, p) + _field(2, -float(i)) + _field(3, t)) for i, (p, t) in enumerate(pieces))
-    trainer = _field(3, 2) + _field(35, 1) + _field(40, 3) + _field(41, 2) + _field(42, 1) + _field(43, 0)
-    normalizer = _field(1, "identity") + _field(3, 0) + _field(4, 0)
-    return data + _field(2, trainer) + _field(3, normalizer)
+    """A Gemma-style SentencePiece BPE model small enough for the 30-row tiny embedding: the four special
+    pieces and a few pieces spelling "abcd"; other text maps to <unk>."""
+    pieces = [("<pad>", CONTROL), ("<eos>", CONTROL), ("<bos>", CONTROL), ("<unk>", UNKNOWN)]
+    pieces += [(p, NORMAL) for p in ["\u2581", "a", "b", "c", "d", "ab", "cd", "abcd", "\u2581abcd"]]
+    return sentencepiece_model_bytes(pieces)
 
 
 # Encoder fields in which the tiny T5Gemma differs from T5Gemma-b and that tensor shapes cannot tell.

@@ -17,7 +17,8 @@ import pytest
 # measurements, bf16 runs by asking for it).
 os.environ.setdefault("SA3_CPU_DTYPE", "float32")
 
-from tests.golden import FIXTURES_DIR, TOLERANCE, CaseErrors
+from tests.helpers import FIXTURES_DIR
+from tests.golden import TOLERANCE, CaseErrors
 
 _GOLDEN_ERRORS = pytest.StashKey[list[tuple[str, str, CaseErrors]]]()
 

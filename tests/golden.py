@@ -18,15 +18,9 @@ import torch
 from safetensors.torch import load_file
 
 from sa3_core.pipeline import StableAudioModel
+from tests.helpers import relative_l2
 
-TOLERANCE = 1e-4  # relative L2, latents and audio (the contract in BRIEF.md and both READMEs)
-REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURES_DIR = REPO_ROOT.parent / "shared" / "fixtures"  # the first set; the strict set is its strict/ folder
-
-
-def relative_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
-    return ((actual.float() - expected.float()).norm() / expected.float().norm()).item()
+TOLERANCE = 1e-4  # relative L2, latents and audio (the contract: both fixture sets' READMEs)
 
 
 def case_names(set_dir: Path) -> list[str]:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from sa3_core import attention as attn_mod
 from sa3_core.attention import attention, band_attention, dense_band_mask, resolve_backend
 from sa3_core.layers import Attention, DyT, FeedForward, RMSNorm, RotaryEmbedding, apply_rotary
+from tests.helpers import relative_l2
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,10 +35,6 @@ def _band_reference(q, k, v, left: int, right: int, key_padding_mask=None) -> to
         v = v * key_padding_mask[:, None, :, None]
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
     return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) @ v
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 # ---------------------------------------------------------------- band attention
@@ -229,14 +226,14 @@ def test_flash_varlen_padding_excludes_padded_keys_and_zeroes_padded_rows(fake_f
     left = right = window if window is not None else 10**6
     expected0 = _band_reference(q[:1, :, :14], k[:1, :, :14], v[:1, :, :14], left, right)
     expected1 = _band_reference(q[1:], k[1:], v[1:], left, right)
-    assert _rel(out[:1, :, :14], expected0) < 2e-3
-    assert _rel(out[1:], expected1) < 2e-3
+    assert relative_l2(out[:1, :, :14], expected0) < 2e-3
+    assert relative_l2(out[1:], expected1) < 2e-3
 
 
 def test_flash_dense_window(fake_flash) -> None:
     q, k, v = _qkv(1, 2, 50)
     out = attention(q, k, v, window=17, backend="flash")
-    assert _rel(out, _band_reference(q, k, v, 17, 17)) < 2e-3
+    assert relative_l2(out, _band_reference(q, k, v, 17, 17)) < 2e-3
 
 
 # ---------------------------------------------------------------- shared layers

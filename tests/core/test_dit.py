@@ -14,6 +14,7 @@ from sa3_core import attention as attn_mod
 from sa3_core.config import ModelConfig
 from sa3_core.dit import DiffusionTransformer
 from sa3_core.layers import Attention
+from tests.helpers import relative_l2
 
 DIT_PREFIX = "model.model."
 
@@ -30,10 +31,6 @@ def _load_tiny_dit(fixtures_dir: Path, name: str, backend: str = "sdpa") -> Diff
 
 def _components(fixtures_dir: Path, name: str) -> dict[str, torch.Tensor]:
     return load_file(fixtures_dir / "components" / f"{name}.safetensors")
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 def _fake_flash_func(q, k, v, causal=False, window_size=(-1, -1)):
@@ -59,7 +56,7 @@ def test_dit_matches_official_output(fixtures_dir: Path, name: str) -> None:
     c = _components(fixtures_dir, name)
     with torch.no_grad():
         out = model(c["dit.x"], c["dit.t"], c["cross_attn_cond"], c["global_cond"], c["local_add_cond"])
-    error = _rel(out, c["dit.output"])
+    error = relative_l2(out, c["dit.output"])
     print(f"{name} DiT rel L2 error: {error:.3e}")
     assert out.shape == c["dit.output"].shape
     assert error <= 1e-4
@@ -72,7 +69,7 @@ def test_context_tokens_matter(fixtures_dir: Path) -> None:
     c = _components(fixtures_dir, "tiny-small")
     with torch.no_grad():
         zero_ctx = model(c["dit.x"], c["dit.t"], torch.zeros_like(c["cross_attn_cond"]), c["global_cond"], c["local_add_cond"])
-    assert _rel(zero_ctx, c["dit.output"]) > 1e-5
+    assert relative_l2(zero_ctx, c["dit.output"]) > 1e-5
 
 
 @pytest.mark.parametrize(
@@ -108,7 +105,7 @@ def test_batched_cfg_equals_separate_calls(fixtures_dir: Path) -> None:
         sep_uncond = model(*args, uncond, c["global_cond"], c["local_add_cond"], mask)
     assert torch.allclose(v_cond, sep_cond, atol=1e-5)
     assert torch.allclose(v_uncond, sep_uncond, atol=1e-5)
-    assert _rel(v_uncond, v_cond) > 1e-5
+    assert relative_l2(v_uncond, v_cond) > 1e-5
 
 
 def test_padding_mask_none_means_all_valid(fixtures_dir: Path) -> None:
@@ -145,8 +142,8 @@ def test_flash_padding_semantics_isolate_valid_frames(fixtures_dir: Path, monkey
         model.attention_backend = "sdpa"
         reference = model(c["dit.x"], c["dit.t"], *rest[:-1])  # close to the fixture's unmasked call
     assert torch.allclose(out[..., :20], out_other[..., :20], atol=1e-6)
-    assert _rel(reference, c["dit.output"]) < 1e-4
-    assert _rel(out[..., :20], reference[..., :20]) < 0.2  # same model, different padding semantics + fp16
+    assert relative_l2(reference, c["dit.output"]) < 1e-4
+    assert relative_l2(out[..., :20], reference[..., :20]) < 0.2  # same model, different padding semantics + fp16
 
 
 def test_attention_backend_setter_reaches_every_attention(fixtures_dir: Path) -> None:
@@ -164,4 +161,4 @@ def test_half_precision_forward_runs(fixtures_dir: Path) -> None:
     with torch.no_grad():
         out = model(c["dit.x"], c["dit.t"], c["cross_attn_cond"], c["global_cond"], c["local_add_cond"])
     assert out.dtype == torch.bfloat16
-    assert _rel(out.float(), c["dit.output"]) < 0.05
+    assert relative_l2(out.float(), c["dit.output"]) < 0.05

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.golden import FIXTURES_DIR, TOLERANCE, ModelCache, case_names, run_case
+from tests.helpers import FIXTURES_DIR
+from tests.golden import TOLERANCE, ModelCache, case_names, run_case
 
 CASES = case_names(FIXTURES_DIR)
 

@@ -16,6 +16,7 @@ from sa3_core.lora import LoRAGate, LoRAStack, adaptable_weights, plan_lora_stac
 from sa3_core.lora_adapter import ADAPTER_TYPES, Adapter, LoRAError, apply_adapter, effective_weight, xs_bases
 from sa3_core.lora_file import expand_brackets, matches_any, module_name_to_target, read_lora_file
 from sa3_core.text import Conditioners
+from tests.helpers import relative_l2
 
 LORA_A = "loras/style_a_lora.safetensors"
 LORA_B = "loras/style_b_dora.safetensors"
@@ -128,10 +129,6 @@ def _reference(w: torch.Tensor, a: Adapter, lam: float, base: torch.Tensor) -> t
         h = torch.stack([v_[i] / (v_[i].norm() + 1e-12) * a.magnitude_r[i] for i in range(v_.shape[0])])
         out = torch.stack([h[:, j] / (h[:, j].norm() + 1e-12) * a.magnitude_c[j] for j in range(h.shape[1])], dim=1)
     return out.reshape(w.shape)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -252,7 +249,7 @@ def test_adapter_math_matches_formula(kind: str, shape: tuple[int, ...]) -> None
     for lam in (1.0, 0.37, 2.5):
         got = apply_adapter(w, adapter.with_xs_bases(w), lam, dora_mode="official")
         assert got.shape == w.shape and got.dtype == w.dtype
-        assert _rel(got, _reference(w, adapter, lam, w)) < 1e-5, (kind, lam)
+        assert relative_l2(got, _reference(w, adapter, lam, w)) < 1e-5, (kind, lam)
     assert apply_adapter(w, adapter.with_xs_bases(w), 0.0, dora_mode="official") is w
 
 
@@ -269,7 +266,7 @@ def test_low_precision_weights_keep_their_dtype() -> None:
         a = _random_adapter(kind, 8, 6, rank=2).with_xs_bases(w)
         got = apply_adapter(w, a, 1.0)
         assert got.dtype == torch.bfloat16
-        assert _rel(got.float(), _reference(w.float(), a, 1.0, w.float())) < 1e-2
+        assert relative_l2(got.float(), _reference(w.float(), a, 1.0, w.float())) < 1e-2
 
 
 def test_xs_bases_are_canonical_svd() -> None:
@@ -287,9 +284,9 @@ def test_stack_composes_in_order() -> None:
     first, second = _random_adapter("lora", 6, 5, seed=1), _random_adapter("dora-cols", 6, 5, seed=2)
     stacked = effective_weight(w, [first, second], [1.0, 1.0], dora_mode="official")
     by_hand = _reference(_reference(w, first, 1.0, w), second, 1.0, w)
-    assert _rel(stacked, by_hand) < 1e-5
+    assert relative_l2(stacked, by_hand) < 1e-5
     swapped = effective_weight(w, [second, first], [1.0, 1.0], dora_mode="official")
-    assert _rel(swapped, stacked) > 1e-3  # DoRA does not commute with LoRA
+    assert relative_l2(swapped, stacked) > 1e-3  # DoRA does not commute with LoRA
     assert effective_weight(w, [first, second], [0.0, 0.0]) is w
 
 
@@ -298,7 +295,7 @@ def test_xs_in_a_stack_uses_the_base_weight_bases() -> None:
     first, xs = _random_adapter("lora", 6, 5, seed=1), _random_adapter("lora-xs", 6, 5, seed=2)
     stacked = effective_weight(w, [first, xs], [1.0, 1.0])
     by_hand = _reference(_reference(w, first, 1.0, w), xs, 1.0, w)  # bases from w, not from w + first
-    assert _rel(stacked, by_hand) < 1e-5
+    assert relative_l2(stacked, by_hand) < 1e-5
 
 
 @pytest.mark.parametrize("kind", ["dora-rows", "dora-cols", "bora", "dora-rows-xs", "bora-xs"])

@@ -22,7 +22,8 @@ def real_configs(fixtures_dir):
     }
 
 
-# official_sa3.md section 1.5: request, model, cap -> audio_samples, L, eff, valid, padded tokens
+# The official _adapt_sample_size (stable_audio_3/data/utils.py at 636f906) worked through by hand:
+# request, model, cap -> audio_samples, L, eff, valid, padded tokens
 WORKED_EXAMPLES = [
     (1.0, "small", None, 311296, 76, 11, 75, 1),
     (5.0, "small", None, 491520, 120, 54, 118, 2),

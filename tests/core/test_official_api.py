@@ -27,6 +27,7 @@ from official_assets import sine_wave, torchaudio_load, write_lora
 from sa3_core import AutoencoderModel, StableAudioModel
 from sa3_core import pipeline
 from sa3_core.wav import write_wav
+from tests.helpers import relative_l2
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else ("mps" if torch.backends.mps.is_available() else "cpu")  # the official choice
@@ -38,11 +39,6 @@ TOLERANCE = 1e-4
 def s(seconds):
     """Official seconds, scaled down for the CPU."""
     return [s(v) for v in seconds] if isinstance(seconds, list) else seconds / 10
-
-
-def relative_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    assert actual.shape == expected.shape, f"{tuple(actual.shape)} != {tuple(expected.shape)}"
-    return ((actual.float() - expected.float()).norm() / expected.float().norm()).item()
 
 
 def assert_audio_valid(audio: torch.Tensor, duration: float, sample_rate: int) -> None:

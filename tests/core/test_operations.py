@@ -29,8 +29,9 @@ from sa3_core.checkpoint import (
 from sa3_core.config import ModelConfig
 from sa3_core.pipeline import StableAudioModel
 from tests.newer_comfy_ops import EAGER, LAZY, disable_weight_init
+from tests.golden import TOLERANCE, case_names, run_case
+from tests.helpers import FIXTURES_DIR, STRICT_DIR
 
-TOLERANCE = 1e-4
 OPERATIONS = {"torch.nn": torch.nn, "comfy eager": EAGER, "comfy lazy": disable_weight_init,
               "comfy lazy manual_cast": LAZY}
 PARTS = {DIT_PREFIX: "dit", AUTOENCODER_PREFIX: "autoencoder", CONDITIONER_PREFIX: "conditioners"}
@@ -190,17 +191,6 @@ def test_operations_that_do_not_take_the_tensors_are_reported(linear, message: s
 # -- the golden cases through lazily built layers -----------------------------------------------------
 
 
-def _relative_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    assert actual.shape == expected.shape
-    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
-
-
-def _cases(set_dir: Path) -> list[str]:
-    return sorted(p.stem for p in (set_dir / "cases").glob("*.json"))
-
-
-FIRST_SET = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
-STRICT_SET = FIRST_SET / "strict"
 # Strict-set cases for what the first set's weights hardly show: LoRA families on Linear and Conv1d weights
 # (BoRA, DoRA -XS), the medium model's LoRA, the medium DiT with APG (a few only, to keep the suite fast).
 STRICT_CASES = ["lora_bora_full", "lora_dora_cols_xs_full", "lora_medium_dora_rows", "t2a_medium_cfg_apg"]
@@ -221,36 +211,18 @@ def lazy_models():
     return get
 
 
-def _reproduce(model: StableAudioModel, set_dir: Path, case: str) -> list[float]:
-    """The relative L2 errors of one golden case (latents, and audio where the case has it)."""
+def _case_model(lazy_models, set_dir: Path, case: str) -> StableAudioModel:
     spec = json.loads((set_dir / "cases" / f"{case}.json").read_text())
-    reference = load_file(set_dir / "cases" / f"{case}.safetensors")
-    kwargs = dict(spec["generate_kwargs"])
-    for key, audio in spec.get("audio_inputs", {}).items():
-        kwargs[key] = (audio["sample_rate"], reference[audio["tensor"]])
-    if spec.get("loras"):
-        model.load_lora([set_dir / p for p in spec["loras"]], dora_mode="official")
-    try:
-        for call in spec.get("set_lora_strength_calls", []):
-            model.set_lora_strength(call["strength"], lora_index=call["lora_index"])
-        if spec["output_kind"] == "latents":
-            return [_relative_l2(model.generate(**kwargs), reference.get("output", reference.get("latents")))]
-        durations = kwargs.get("duration")
-        if isinstance(durations, list) and len(set(durations)) > 1:
-            kwargs["truncate_output_to_duration"] = False  # the official output: one window for the batch
-        errors = [_relative_l2(model.generate(**{**kwargs, "return_latents": True}), reference["latents"])]
-        return errors + [_relative_l2(model.generate(**kwargs), reference["output"])]
-    finally:
-        model.unload_lora()
+    return lazy_models(set_dir / spec["model"])
 
 
-@pytest.mark.parametrize("case", _cases(FIRST_SET))
+@pytest.mark.parametrize("case", case_names(FIXTURES_DIR))
 def test_golden_case_through_lazy_layers(case: str, lazy_models):
-    spec = json.loads((FIRST_SET / "cases" / f"{case}.json").read_text())
-    assert max(_reproduce(lazy_models(FIRST_SET / spec["model"]), FIRST_SET, case)) <= TOLERANCE
+    errors = run_case(_case_model(lazy_models, FIXTURES_DIR, case), FIXTURES_DIR, case)
+    assert errors.worst() <= TOLERANCE, errors
 
 
 @pytest.mark.parametrize("case", STRICT_CASES)
 def test_strict_golden_case_through_lazy_layers(case: str, lazy_models):
-    spec = json.loads((STRICT_SET / "cases" / f"{case}.json").read_text())
-    assert max(_reproduce(lazy_models(STRICT_SET / spec["model"]), STRICT_SET, case)) <= TOLERANCE
+    errors = run_case(_case_model(lazy_models, STRICT_DIR, case), STRICT_DIR, case)
+    assert errors.worst() <= TOLERANCE, errors

@@ -13,13 +13,10 @@ from safetensors.torch import load_file
 
 from sa3_core.config import ModelConfig
 from sa3_core.same import SAMEAutoencoder, plan_chunks
+from tests.helpers import relative_l2
 
 PREFIX = "pretransform.model."
 TOLERANCE = 1e-4  # relative L2, the team-wide parity bound
-
-
-def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
 
 
 @lru_cache(maxsize=None)
@@ -57,14 +54,14 @@ def test_encode_matches_official(tiny, components):
     _, ref = components
     latents = tiny.encode(ref["same.waveform"])
     assert latents.shape == ref["same.latents"].shape
-    assert rel_l2(latents, ref["same.latents"]) <= TOLERANCE
+    assert relative_l2(latents, ref["same.latents"]) <= TOLERANCE
 
 
 def test_decode_matches_official(tiny, components):
     _, ref = components
     audio = tiny.decode(ref["same.latents"])
     assert audio.shape == ref["same.decoded"].shape
-    assert rel_l2(audio, ref["same.decoded"]) <= TOLERANCE
+    assert relative_l2(audio, ref["same.decoded"]) <= TOLERANCE
 
 
 def test_chunked_encode_and_decode_match_official(tiny, components):
@@ -72,10 +69,10 @@ def test_chunked_encode_and_decode_match_official(tiny, components):
     sizes = {"chunk_size": meta["same_chunking"]["chunk_size_latents"], "overlap": meta["same_chunking"]["overlap_latents"]}
     latents = tiny.encode_audio(ref["same.waveform"], chunked=True, **sizes)
     assert latents.shape == ref["same.latents_chunked"].shape
-    assert rel_l2(latents, ref["same.latents_chunked"]) <= TOLERANCE
+    assert relative_l2(latents, ref["same.latents_chunked"]) <= TOLERANCE
     audio = tiny.decode_audio(ref["same.latents"], chunked=True, **sizes)
     assert audio.shape == ref["same.decoded_chunked"].shape
-    assert rel_l2(audio, ref["same.decoded_chunked"]) <= TOLERANCE
+    assert relative_l2(audio, ref["same.decoded_chunked"]) <= TOLERANCE
 
 
 # --- checkpoint layout at the real sizes --------------------------------------------------------------
@@ -147,9 +144,9 @@ def test_long_chunked_decode_equals_unchunked(fixtures_dir):
     # SAME-L's receptive field (one latent per layer) is far inside the 16-latent trim, so the only
     # difference is float32 rounding of RoPE angles: the whole sequence uses positions up to 5100, a
     # chunk restarts at 0. The official code shows the same gap here (1.26e-5); at 40 latents it is < 2e-6.
-    assert rel_l2(chunked, whole) <= 3e-5
+    assert relative_l2(chunked, whole) <= 3e-5
     short = latents[..., :40]
-    assert rel_l2(model.decode_audio(short, chunked=True, chunk_size=16, overlap=4), model.decode(short)) <= 2e-6
+    assert relative_l2(model.decode_audio(short, chunked=True, chunk_size=16, overlap=4), model.decode(short)) <= 2e-6
     pieces = list(model.iter_decode_audio(latents))
     assert [first for first, _ in pieces] == [0, 112 * 4096, 188 * 4096]
     assert torch.equal(torch.cat([piece for _, piece in pieces], dim=-1), chunked)
@@ -199,6 +196,6 @@ def test_attention_backends_agree_on_the_sliding_window(fixtures_dir):
         band = model.decode(latents)
         model.set_attention_backend("sdpa")
         dense = model.decode(latents)
-    assert rel_l2(band, dense) <= 1e-5  # float32 rounding only
+    assert relative_l2(band, dense) <= 1e-5  # float32 rounding only
     with pytest.raises(ValueError):
         model.set_attention_backend("xformers")

@@ -10,7 +10,8 @@ from torch.utils._pytree import tree_flatten
 
 from sa3_core import sampling as S
 
-# official_sa3.md section 4.2 (sigma_max = 1 unless noted), 6 decimals.
+# The official build_schedule (stable_audio_3/inference/sampling.py at 636f906) for sigma_max = 1 unless
+# noted, 6 decimals.
 TABLE_8 = [1.000000, 0.994376, 0.984480, 0.957912, 0.890903, 0.745547, 0.512497, 0.273885, 0.0]
 TABLE_4 = [1.0, 0.984480, 0.890903, 0.512497, 0.0]
 TABLE_8_INIT_09 = [0.9, 0.988541, 0.971667, 0.931662, 0.844224, 0.682980, 0.461327, 0.253979, 0.0]

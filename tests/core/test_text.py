@@ -25,13 +25,10 @@ from sa3_core.text import (
     comfy_key_to_transformers,
     transformers_key_to_comfy,
 )
+from tests.helpers import relative_l2
 
 PREFIX = "conditioner.conditioners."
 TOLERANCE = 1e-4  # relative L2, the team-wide parity bound
-
-
-def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
 
 
 @pytest.fixture(params=["small", "medium"])
@@ -62,12 +59,12 @@ def test_conditioning_matches_official(fixtures_dir: Path, variant: str):
     out = _conditioners(folder)(hidden, mask, seconds)
 
     assert out.prompt_embeddings.shape == (3, 256, 768)
-    assert rel_l2(out.prompt_embeddings, expected["prompt.embeddings"]) <= TOLERANCE
+    assert relative_l2(out.prompt_embeddings, expected["prompt.embeddings"]) <= TOLERANCE
     assert torch.equal(out.prompt_mask, expected["prompt.mask"].bool())
-    assert rel_l2(out.seconds_embeddings, expected["seconds_total.embeddings"]) <= TOLERANCE
-    assert rel_l2(out.cross_attn_cond, expected["cross_attn_cond"]) <= TOLERANCE
+    assert relative_l2(out.seconds_embeddings, expected["seconds_total.embeddings"]) <= TOLERANCE
+    assert relative_l2(out.cross_attn_cond, expected["cross_attn_cond"]) <= TOLERANCE
     assert torch.equal(out.cross_attn_mask, expected["cross_attn_mask"].bool())
-    assert rel_l2(out.global_cond, expected["global_cond"]) <= TOLERANCE
+    assert relative_l2(out.global_cond, expected["global_cond"]) <= TOLERANCE
 
 
 def test_conditioner_keys_are_checkpoint_keys(fixtures_dir: Path, variant: str):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-import struct
 from pathlib import Path
 
 import pytest
@@ -26,42 +25,9 @@ from sa3_core.tokenizer import (
     tokenizer_from_folder,
     tokenizer_from_sentencepiece,
 )
+from sa3_core.tiny import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, sentencepiece_model_bytes
 
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE = 1, 2, 3, 4, 6
 TRANSFORMERS_5 = Version(transformers.__version__) >= Version("5")
-
-
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, value: int | float | bytes | str) -> bytes:
-    if isinstance(value, str):
-        value = value.encode("utf-8")
-    if isinstance(value, bytes):
-        return _varint(number << 3 | 2) + _varint(len(value)) + value
-    if isinstance(value, float):
-        return _varint(number << 3 | 5) + struct.pack("<f", value)
-    return _varint(number << 3 | 0) + _varint(value)
-
-
-def spiece_model_bytes(pieces: list[tuple[str, int]], *, model_type: int = 2, add_dummy_prefix: bool = False,
-                       normalizer: str = "identity") -> bytes:
-    """A serialized SentencePiece ModelProto: pieces (score -id), trainer spec, normalizer spec (Gemma-style)."""
-    out = b""
-    for i, (piece, kind) in enumerate(pieces):
-        out += _field(1, _field(1, piece) + _field(2, -float(i)) + _field(3, kind))
-    trainer = (_field(3, model_type) + _field(4, len(pieces)) + _field(35, 1)
-               + _field(40, 3) + _field(41, 2) + _field(42, 1) + _field(43, 0))
-    norm = _field(1, normalizer) + _field(3, int(add_dummy_prefix)) + _field(4, 0) + _field(5, 1)
-    return out + _field(2, trainer) + _field(3, norm)
 
 
 SPECIALS = [("<pad>", CONTROL), ("<eos>", CONTROL), ("<bos>", CONTROL), ("<unk>", UNKNOWN)]
@@ -83,7 +49,7 @@ oft ral rum tar use ver ▁at ▁br ▁cl ▁he ▁hi ▁me ▁on ▁pi ▁te �
 ving▁te ▁groove ing▁in▁a ic▁guitar s▁and▁a▁s ▁ a i e t n o r s d l h c g u w b p m f v k , y z x - j q
 """.split()
 LEARNED = SPECIALS + [("<start_of_turn>", USER_DEFINED)] + BYTES + [(p, NORMAL) for p in LEARNED_PIECES]
-LEARNED_BYTES = spiece_model_bytes(LEARNED)
+LEARNED_BYTES = sentencepiece_model_bytes(LEARNED)
 
 PROMPTS = [
     "warm analog synth pads with slow evolving textures",
@@ -118,7 +84,7 @@ def _ids(prompts: list[str]) -> list[list[int]]:
 
 
 def test_sentencepiece_model_is_parsed():
-    model = parse_sentencepiece_model(spiece_model_bytes(GEMMA_STYLE))
+    model = parse_sentencepiece_model(sentencepiece_model_bytes(GEMMA_STYLE))
     assert len(model.pieces) == 280 and model.pieces[:4] == ("<pad>", "<eos>", "<bos>", "<unk>")
     assert model.types[4] == BYTE and model.pieces[-1] == "▁drums"
     assert (model.model_type, model.byte_fallback, model.add_dummy_prefix) == (2, True, False)
@@ -126,7 +92,7 @@ def test_sentencepiece_model_is_parsed():
 
 
 def test_tokenizer_from_sentencepiece_bytes():
-    tokenizer = tokenizer_from_sentencepiece(spiece_model_bytes(GEMMA_STYLE))
+    tokenizer = tokenizer_from_sentencepiece(sentencepiece_model_bytes(GEMMA_STYLE))
     piece_id = {p: i for i, (p, _) in enumerate(GEMMA_STYLE)}
     # Known words merge fully; the space becomes "▁" and sticks to the following word (no dummy prefix).
     assert tokenizer("piano drums")["input_ids"] == [piece_id["piano"], piece_id["▁drums"]]
@@ -136,7 +102,7 @@ def test_tokenizer_from_sentencepiece_bytes():
     batch = tokenizer(["piano", ""], truncation=True, max_length=4, padding="max_length")
     assert batch["input_ids"] == [[piece_id["piano"], 0, 0, 0], [0, 0, 0, 0]]  # right padding, pad id 0
     assert batch["attention_mask"] == [[1, 0, 0, 0], [0, 0, 0, 0]]
-    with_specials = tokenizer_from_sentencepiece(spiece_model_bytes(GEMMA_STYLE), add_bos=True, add_eos=True)
+    with_specials = tokenizer_from_sentencepiece(sentencepiece_model_bytes(GEMMA_STYLE), add_bos=True, add_eos=True)
     assert with_specials("piano")["input_ids"] == [2, piece_id["piano"], 1]
     assert tokenizer.decode(tokenizer("piano drums é")["input_ids"]) == "piano drums é"
 
@@ -144,9 +110,9 @@ def test_tokenizer_from_sentencepiece_bytes():
 @pytest.mark.parametrize(
     "data, message",
     [
-        (spiece_model_bytes(GEMMA_STYLE, model_type=1), "BPE"),
-        (spiece_model_bytes(GEMMA_STYLE, add_dummy_prefix=True), "whitespace"),
-        (spiece_model_bytes(GEMMA_STYLE, normalizer="nmt_nfkc"), "normalisation"),
+        (sentencepiece_model_bytes(GEMMA_STYLE, model_type=1), "BPE"),
+        (sentencepiece_model_bytes(GEMMA_STYLE, add_dummy_prefix=True), "whitespace"),
+        (sentencepiece_model_bytes(GEMMA_STYLE, normalizer="nmt_nfkc"), "normalisation"),
         (b"\x0a\xff\xff\xff", "not a valid SentencePiece model"),
         (b"", "not a valid SentencePiece model"),
     ],

@@ -19,7 +19,7 @@ from sa3_assets import (SA3_EXAMPLE_INPUT, SA3_LORAS, SA3_MODEL_NAME, SA3_SINGLE
                         reset_cache, saved_latent)
 
 from sa3_core.pipeline import StableAudioModel
-from tests.golden import relative_l2
+from tests.helpers import relative_l2
 
 SAMPLE_RATE = 44100
 ATOL = 2 / 32768  # 16-bit FLAC quantisation; see test_sa3_workflows.py

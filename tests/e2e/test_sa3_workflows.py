@@ -38,7 +38,7 @@ from sa3_assets import (
 from frontend import ComfyFrontend, frozen
 
 from sa3_core.pipeline import StableAudioModel
-from tests.golden import relative_l2
+from tests.helpers import relative_l2
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACK_FOLDER = "comfyui-stable-audio-3"  # as conftest links the repository into custom_nodes/

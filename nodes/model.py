@@ -15,9 +15,11 @@ Three ModelPatchers, one per stage, so each stage only holds the weights it need
     needs it. The patchers are of the class ComfyUI builds its own models with (``CoreModelPatcher``:
     ``ModelPatcherDynamic`` under dynamic VRAM, which streams the ``operations`` layers' weights at each
     forward and moves every other weight whole; plain ``ModelPatcher`` on older hosts and on the CPU), so
-    our parts share one memory policy with core models. On the legacy patcher parts are loaded whole
-    (``force_full_load``; the dynamic one ignores it): only the Linear/Conv1d layers come from
-    ``operations``, so a partial (low-VRAM) load would leave norm and embedding weights behind on the CPU.
+    our parts share one memory policy with core models. On the legacy patcher a part that does not fit
+    is loaded partially (low VRAM): every weight of every part sits in a leaf module that casts it to
+    the compute device at use (``operations`` layers, and sa3_core.ops for norms, embeddings, learned
+    tensors and the text encoder), so the modules left on the offload device still compute, LoRA patches
+    included (tests/e2e/test_lowvram_host.py runs the workflows under a small emulated VRAM budget).
 
 LoRA (non-destructive, ComfyUI's own mechanism)
     LoRAApply returns a new SA3Model whose ``dit`` and ``text`` patchers are clones of the *unpatched*
@@ -189,7 +191,7 @@ class SA3Model:
         raise on that). So weights are created outside inference mode (requests_nodes.md item 3)."""
         patchers = [self.parts[n] for n in names]
         try:
-            mm.load_models_gpu(patchers, memory_required=memory_required, force_full_load=True)
+            mm.load_models_gpu(patchers, memory_required=memory_required)  # partially where VRAM is short
         except Exception:
             # A weight patch that fails (a LoRA whose merged weight is not finite) stops ComfyUI half-way through
             # patching the shared weights; put back the ones already patched, so the plain model stays intact.

@@ -11,13 +11,15 @@ Two jobs, one rule ("cast every parameter to the input's device and dtype where 
   own parameters left behind), and it needs ``comfy_cast_weights`` on every module it may leave on the
   offload device (:class:`CastWeights`). So every parameter of the DiT, SAME and the conditioners lives
   in such a leaf module: the norms, the weight-normed convolutions and the learned tensors that the
-  official code keeps directly on bigger modules (:class:`LearnedTensor`, stored under the official key).
+  official code keeps directly on bigger modules (:class:`LearnedTensor`, stored under the official key);
+  the text encoder's layers and norms are made casting ones in place (:func:`store_weights`).
 
 Nothing here imports ComfyUI: the attributes are plain data that its model management reads and sets.
 """
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -118,22 +120,42 @@ def storing(operations: Operations, weight_dtype: torch.dtype) -> SimpleNamespac
 
 
 def store_weights(model: nn.Module, weight_dtype: torch.dtype | None = None) -> nn.Module:
-    """Make ``model``'s plain ``nn.Linear`` / ``nn.Embedding`` layers this module's casting layers, in place
-    (the same parameter objects, the same results), and store the weight of every casting Linear, Conv1d and
-    Embedding in ``weight_dtype`` when given, one matrix at a time. The model keeps computing in the dtype
-    of its inputs and other parameters (embedding rows come out in the dtype the table had). Used for the
-    transformers T5Gemma encoder, and for models built from ``OPS`` that already hold weights. Returns
-    ``model``."""
+    """Make ``model``'s plain ``nn.Linear`` / ``nn.Embedding`` layers (and transformers' T5Gemma norms) this
+    module's casting layers, in place (the same parameter objects, the same results), and store the weight of
+    every casting Linear, Conv1d and Embedding in ``weight_dtype`` when given, one matrix at a time. The model
+    keeps computing in the dtype of its inputs and other parameters (embedding rows come out in the dtype the
+    table had). Used for the transformers T5Gemma encoder, and for models built from ``OPS`` that already
+    hold weights. Returns ``model``."""
     for module in model.modules():
         if type(module) is nn.Linear:
             module.__class__ = Linear
         elif type(module) is nn.Embedding:
             module.__class__ = Embedding
+        elif type(module).__name__ == "T5GemmaRMSNorm":  # by name: this module does not import transformers
+            module.__class__ = _casting_class(type(module), GemmaRMSNorm)
         if isinstance(module, Embedding) and module.compute_dtype is None:
             module.compute_dtype = module.weight.dtype
         if isinstance(module, (Linear, Conv1d, Embedding)) and weight_dtype not in (None, module.weight.dtype):
             module.weight = nn.Parameter(module.weight.detach().to(weight_dtype), requires_grad=False)
     return model
+
+
+class GemmaRMSNorm(CastWeights):
+    """The forward of transformers' ``T5GemmaRMSNorm`` (``x / rms(x) * (1 + weight)``, in float32, cast back
+    to the input's dtype) with its ``weight`` cast to the input's device at use, so ComfyUI may leave the
+    norm offloaded in a partial load. Mixed into the transformers class by :func:`store_weights` (the module
+    keeps its class, ``eps`` and parameter); the same operations in the same order, so the same bits."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * (1.0 + cast_param(self, "weight", x32))).type_as(x)
+
+
+@functools.cache
+def _casting_class(base: type[nn.Module], casting: type) -> type[nn.Module]:
+    """``base`` with ``casting``'s forward (one class per pair, so modules of one kind share it)."""
+    return type(base.__name__, (casting, base), {"__qualname__": base.__qualname__})
 
 
 class LearnedTensor(nn.Module, CastWeights):

@@ -15,6 +15,7 @@ from sa3_core.checkpoint import DIT_PREFIX, build_modules, load_components, modu
 from sa3_core.lora import LoRAError
 from sa3_core.pipeline import StableAudioModel
 from tests.helpers import relative_l2
+from tests.newer_comfy_ops import EAGER
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 
@@ -33,6 +34,91 @@ def test_every_tensor_sits_where_comfyui_can_load_it_partially(variant: str):
             assert hasattr(sub, "comfy_cast_weights"), f"{where} holds tensors but is not a casting module"
             nested = [n for n, _ in sub.named_parameters() if "." in n]
             assert not nested, f"{where} holds parameters and has children with parameters: {nested[:3]}"
+
+
+# Tensors a loaded model may hold outside a casting leaf module, and why each is safe in a partial load.
+OUTSIDE_CASTING_MODULES = {
+    # Non-persistent RoPE buffers: transformers' forward moves inv_freq to the input's device at use
+    # (checked below); original_inv_freq is only read when a dynamic RoPE rescales, which T5Gemma's does not.
+    "T5GemmaRotaryEmbedding": {"inv_freq", "original_inv_freq"},
+}
+
+
+def uncastable_tensors(module: nn.Module) -> dict[str, str]:
+    """``name -> why`` for every parameter or buffer of ``module`` that ComfyUI's partial load
+    (``ModelPatcher._load_list``) could leave on the offload device uncast: one in a module that is not a
+    leaf (its children hold parameters too: skipped whole), or in a leaf without ``comfy_cast_weights``."""
+    found = {}
+    for name, sub in module.named_modules():
+        own = [n for n, _ in sub.named_parameters(recurse=False)] + [n for n, _ in sub.named_buffers(recurse=False)]
+        children_params = [n for n, _ in sub.named_parameters() if "." in n]
+        for tensor in own:
+            where = f"{name}.{tensor}".lstrip(".")
+            if children_params and tensor in dict(sub.named_parameters(recurse=False)):
+                found[where] = f"{type(sub).__name__} is not a leaf (children hold {children_params[0]})"
+            elif not hasattr(sub, "comfy_cast_weights") and tensor not in OUTSIDE_CASTING_MODULES.get(
+                    type(sub).__name__, ()):
+                found[where] = f"{type(sub).__name__} does not cast its weights"
+    return found
+
+
+@pytest.mark.parametrize("operations", ["sa3_core.ops", "comfy eager"])
+def test_every_tensor_of_a_loaded_model_can_stay_offloaded(fixtures_dir: Path, operations: str):
+    """The model as the ComfyUI Loader holds it, one module per ModelPatcher part (text encoder and
+    conditioners, DiT, SAME), loaded through ComfyUI-style layers or our own: nothing a partial load could
+    leave behind uncast. The T5Gemma encoder comes from transformers; store_weights makes its Linear,
+    Embedding and norm layers casting ones."""
+    ops_namespace = {"sa3_core.ops": ops.OPS, "comfy eager": EAGER}[operations]
+    loaded = load_components(fixtures_dir / "tiny-small", device="cpu", dtype=torch.float32,
+                             operations=ops_namespace)
+    parts = {"conditioners": loaded.conditioners, "text_encoder": loaded.text_encoder.model,
+             "dit": loaded.dit, "autoencoder": loaded.autoencoder}
+    for part, module in parts.items():
+        assert uncastable_tensors(module) == {}, part
+    norms = [m for m in loaded.text_encoder.model.modules() if type(m).__name__ == "T5GemmaRMSNorm"]
+    assert norms and all(isinstance(m, ops.GemmaRMSNorm) for m in norms)
+
+
+def test_the_audit_finds_a_plain_norm_and_a_non_leaf_parameter():
+    model = nn.Sequential(nn.LayerNorm(4), ops.Linear(4, 4))
+    model.register_parameter("scale", nn.Parameter(torch.ones(1)))
+    assert set(uncastable_tensors(model)) == {"0.weight", "0.bias", "scale"}
+
+
+def test_t5gemma_rotary_buffers_move_to_the_input_device_at_use(fixtures_dir: Path):
+    """The justification for OUTSIDE_CASTING_MODULES: transformers' own forward calls ``inv_freq.to(device=..)``
+    with the input's device (watched through torch's function hook; one device here, so the call is what
+    can be seen)."""
+    loaded = load_components(fixtures_dir / "tiny-small", device="cpu", dtype=torch.float32)
+    rotary = next(m for m in loaded.text_encoder.model.modules() if type(m).__name__ == "T5GemmaRotaryEmbedding")
+    moves = []
+
+    class WatchMoves(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.Tensor.to and args and args[0] is rotary.inv_freq:
+                moves.append(kwargs.get("device", args[1] if len(args) > 1 else None))
+            return func(*args, **kwargs)
+
+    x = torch.randn(1, 5, 8)
+    with WatchMoves():
+        rotary(x, torch.arange(5)[None])
+    assert moves and all(torch.device(device) == x.device for device in moves), moves
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_casting_t5gemma_norm_is_transformers_norm_bit_for_bit(dtype: torch.dtype):
+    from transformers.models.t5gemma.modeling_t5gemma import T5GemmaRMSNorm
+
+    norm = T5GemmaRMSNorm(16, eps=1e-6).to(dtype)
+    torch.nn.init.normal_(norm.weight)
+    x = torch.randn(3, 16, dtype=dtype)
+    expected = norm(x)
+    ops.store_weights(norm)
+    assert isinstance(norm, T5GemmaRMSNorm) and isinstance(norm, ops.GemmaRMSNorm)
+    assert torch.equal(norm(x), expected)
+    norm.weight_function = [lambda w: w + 1]  # a ComfyUI low-VRAM patch is applied at use
+    assert not torch.equal(norm(x), expected)
 
 
 def test_learned_tensors_keep_the_official_keys():

@@ -4,7 +4,8 @@ The pack under test is this repository, symlinked into the server's custom_nodes
 Every test in this folder is marked `e2e` automatically, so `pytest -m "not e2e"` runs the host-free tiers only.
 The ComfyUI tree is copied once to $SA3_E2E_CACHE (default ~/.cache/sa3-e2e) and reused across sessions.
 test_newer_host.py starts a second server from the same tree, with the newest ComfyUI's behaviour emulated
-(tests/e2e/newer_host).
+(tests/e2e/newer_host); test_lowvram_host.py one whose model management loads every part partially, as on
+a GPU short of VRAM (tests/e2e/lowvram_host).
 """
 
 from __future__ import annotations

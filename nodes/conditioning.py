@@ -5,8 +5,7 @@ from __future__ import annotations
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..sa3_core.masks import MAX_BATCH, validate_durations
-from ..sa3_core.pipeline import MAX_PROMPT_CHARS, validate_prompts
+from ..sa3_core.validation import MAX_BATCH, MAX_PROMPT_CHARS, validate_durations, validate_prompts
 from .common import CATEGORY, MODEL_TOOLTIP, SA3ConditioningType, SA3ModelType, to_device
 from . import parsing
 from .parsing import ITEM_SEPARATOR

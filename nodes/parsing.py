@@ -141,7 +141,7 @@ def parse_regions(text: str) -> list[tuple[float, float]]:
     At most :data:`MAX_LIST_CHARS` characters.
 
     Only the syntax is checked here; the order of the bounds and the duration are checked by
-    ``sa3_core.masks.validate_regions``, whose messages say which region is wrong.
+    ``sa3_core.validation.validate_regions``, whose messages say which region is wrong.
     """
     regions = []
     for part in _list_parts(check_text(text, "regions", MAX_LIST_CHARS)):

@@ -26,7 +26,7 @@ from sa3_core.lora import (
     read_lora_file,
     xs_bases,
 )
-from sa3_core.text import Conditioners
+from sa3_core.conditioners import Conditioners
 
 LORA_A = "loras/style_a_lora.safetensors"
 LORA_B = "loras/style_b_dora.safetensors"

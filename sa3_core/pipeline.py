@@ -56,6 +56,7 @@ AudioInput = tuple[int, torch.Tensor]
 """``(sample_rate, audio)``, or ``(audio, sample_rate)`` as ``torchaudio.load`` returns it; audio is (T,),
 (C, T) or (1, C, T) float samples."""
 
+
 def default_device() -> torch.device:
     """The official order: CUDA, then Apple MPS, then CPU."""
     if torch.cuda.is_available():

@@ -25,7 +25,7 @@ from sa3_core.layers import DyT, RotaryEmbedding
 from sa3_core.ops import store_weights
 from sa3_core.pipeline import StableAudioModel
 from sa3_core.same import WeightNormConv1d
-from sa3_core.text import T5GemmaTextEncoder, t5gemma_encoder_config
+from sa3_core.t5gemma import T5GemmaTextEncoder, t5gemma_encoder_config
 
 # The real T5Gemma-b encoder (the official t5gemma-b-b-ul2 config); everything else comes from T5GEMMA_B_ENCODER.
 T5GEMMA_B_SIZES = dict(vocab_size=256_000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,

@@ -21,8 +21,9 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io
 
-from ..sa3_core.masks import validate_sample_rate
-from ..sa3_core.pipeline import PromptConditioning, Window
+from ..sa3_core.pipeline import PromptConditioning
+from ..sa3_core.validation import validate_sample_rate
+from ..sa3_core.window import Window
 
 CATEGORY = "StableAudio3"
 MODEL_TOOLTIP = "The Stable Audio 3 model: from the Model Loader, or from Apply LoRA to use a LoRA stack."

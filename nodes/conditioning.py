@@ -5,8 +5,7 @@ from __future__ import annotations
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..sa3_core.masks import MAX_BATCH, validate_durations
-from ..sa3_core.pipeline import MAX_PROMPT_CHARS, validate_prompts
+from ..sa3_core.validation import MAX_PROMPT_CHARS, validate_batch_size, validate_durations, validate_prompts
 from .common import CATEGORY, MODEL_TOOLTIP, SA3ConditioningType, SA3ModelType, to_device
 from . import parsing
 from .parsing import ITEM_SEPARATOR
@@ -52,8 +51,8 @@ class SA3TextEncode(io.ComfyNode):
                    per_item_durations: str) -> tuple[list[str], list[str] | None, list[float]]:
         """The widgets' prompts, negative prompts and durations, checked (lengths first, then syntax, batch
         size and text) before anything is encoded."""
-        prompts, negatives = parsing.per_item_prompts(prompt, negative_prompt, max_chars=MAX_PROMPT_CHARS,
-                                                      max_items=MAX_BATCH)
+        prompts, negatives = parsing.per_item_prompts(prompt, negative_prompt, max_chars=MAX_PROMPT_CHARS)
+        validate_batch_size(len(prompts), f"prompt (items separated by '{ITEM_SEPARATOR}')")
         validate_prompts(prompts, "prompt")
         validate_prompts(negatives or (), "negative_prompt")
         return prompts, negatives, parsing.item_durations(duration, per_item_durations, len(prompts))

@@ -5,12 +5,11 @@ from __future__ import annotations
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..sa3_core.masks import PEAK_POLICIES
+from ..sa3_core.output import PEAK_POLICIES, trim_padded
 from .common import CATEGORY, MODEL_TOOLTIP, SA3ModelType, chunk_progress, sa3_info, vae_memory
 from .parsing import choose
 
 CHUNKED = {"auto": None, "chunked": True, "full": False}
-PEAKS = tuple(p for p in PEAK_POLICIES if p != "attenuate")  # "attenuate" is an alias of "limit"
 
 
 class SA3VAEDecode(io.ComfyNode):
@@ -30,7 +29,7 @@ class SA3VAEDecode(io.ComfyNode):
                 io.Combo.Input("chunked", options=list(CHUNKED), default="auto", tooltip=(
                     "auto: as the model config says (chunked for SA3: exact, bounded memory for long audio). "
                     "chunked / full force one or the other.")),
-                io.Combo.Input("peak", options=list(PEAKS), default="clamp", tooltip=(
+                io.Combo.Input("peak", options=list(PEAK_POLICIES), default="clamp", tooltip=(
                     "clamp: clip to [-1, 1] (official output). limit: scale an item down only if it would clip. "
                     "none: leave the samples as decoded.")),
             ],
@@ -44,15 +43,12 @@ class SA3VAEDecode(io.ComfyNode):
     def execute(cls, model, latent, chunked: str = "auto", peak: str = "clamp") -> io.NodeOutput:
         info = sa3_info(latent, "VAE Decode")
         choose("chunked", chunked, list(CHUNKED))
-        choose("peak", peak, PEAKS)
+        choose("peak", peak, PEAK_POLICIES)
         window = info.window
         core = model.core
         model.load_parts("vae", memory_required=vae_memory(window.audio_samples, window.batch_size))
         audio = core.decode_latents(latent["samples"].to(core.device), window, chunked=CHUNKED[chunked], peak=peak,
                                     progress=chunk_progress())
-        lengths = window.output_samples()
-        waveform = audio[..., : max(lengths)].clone()
-        for b, length in enumerate(lengths):
-            waveform[b, :, length:] = 0  # silence after a shorter item's own duration
+        waveform, _ = trim_padded(audio, window.durations, core.sample_rate)  # silence after a shorter item's end
         waveform = waveform.float().to(mm.intermediate_device()).contiguous()
         return io.NodeOutput({"waveform": waveform, "sample_rate": core.sample_rate})

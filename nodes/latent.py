@@ -7,8 +7,8 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..sa3_core.masks import (MAX_BATCH, continuation_region, validate_batch_size, validate_init_noise_level,
-                              validate_regions)
+from ..sa3_core.inpaint import continuation_region, regions_per_item
+from ..sa3_core.validation import MAX_BATCH, validate_batch_size, validate_init_noise_level, validate_regions
 from .common import (
     MODEL_TOOLTIP,
     CATEGORY,
@@ -130,10 +130,8 @@ class SA3InpaintMask(io.ComfyNode):
     def validate_inputs(cls, regions: str | None = None) -> bool | str:
         if regions is None:
             return True
-        try:
-            for i, (start, end) in enumerate(parse_regions(regions)):
-                if end <= start:
-                    return f"region {i} ({start}-{end} s): the end must be after the start"
+        try:  # the duration is not known at queue time: the regions alone
+            validate_regions(parse_regions(regions), None)
         except ValueError as exc:
             return str(exc)
         return True
@@ -146,12 +144,10 @@ class SA3InpaintMask(io.ComfyNode):
         sample_rate, samples = audio_input(audio, "Inpaint", "audio")
         if mode == "continuation":
             source_seconds = samples.shape[-1] / sample_rate
-            item_regions = [[continuation_region(source_seconds, d)] for d in window.durations]
+            requested = [[continuation_region(source_seconds, d)] for d in window.durations]
         else:
-            shared = parse_regions(regions)
-            item_regions = [shared] * window.batch_size
-        for b, (item, seconds) in enumerate(zip(item_regions, window.durations)):
-            validate_regions(item, seconds, name=f"item {b}: region")  # before the (slow) encode
+            requested = parse_regions(regions)  # shared by every item
+        item_regions = regions_per_item(requested, window.durations)  # checked before the (slow) encode
         model.load_parts("vae", memory_required=vae_memory(window.audio_samples, 1))
         source = model.core.encode_inpaint_source((sample_rate, samples), window)
         local = model.core.inpaint_condition(window, source, regions=item_regions)

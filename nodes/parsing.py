@@ -1,9 +1,9 @@
 """Text widgets -> values: per-item prompt lists, duration lists, inpaint regions.
 
 Pure functions with no import outside the standard library (not even of the pack), so they can be reasoned
-about and tested on their own; the limits that come from the model (batch size, prompt length) are passed in
-by the nodes, from sa3_core. Every error is a ValueError whose message names the widget and says what was
-expected, because ComfyUI shows the message as is on the node.
+about and tested on their own; the prompt length limit is passed in by the nodes, and what the values must be
+(batch size, durations, regions) is checked by the nodes with sa3_core.validation. Every error is a ValueError
+whose message names the widget and says what was expected, because ComfyUI shows the message as is on the node.
 
 Some of these run inside ComfyUI's queue-time ``validate_inputs``, i.e. in the server's request handler, where
 a slow parse would hold up every other request. So every parser checks the text's length first, before any
@@ -38,10 +38,10 @@ def check_text(text: object, name: str, max_chars: int) -> str:
     return text
 
 
-def split_items(text: str, name: str, *, max_chars: int, max_items: int) -> list[str]:
+def split_items(text: str, name: str, *, max_chars: int) -> list[str]:
     """``"a\\n---\\nb"`` -> ``["a", "b"]``; text without a separator line is one item (kept verbatim,
     minus surrounding whitespace). Items are stripped; an item may be empty (an empty prompt). At most
-    ``max_chars`` characters and ``max_items`` items."""
+    ``max_chars`` characters (which bounds the number of items too)."""
     check_text(text, name, max_chars)
     items: list[list[str]] = [[]]
     for line in text.splitlines():
@@ -49,19 +49,15 @@ def split_items(text: str, name: str, *, max_chars: int, max_items: int) -> list
             items.append([])
         else:
             items[-1].append(line)
-    if len(items) > max_items:
-        raise ValueError(f"{name}: {len(items)} items (prompts separated by '{ITEM_SEPARATOR}'), more than the "
-                         f"{max_items} a batch can hold")
     return ["\n".join(lines).strip() for lines in items]
 
 
-def per_item_prompts(prompt: str, negative_prompt: str, *, max_chars: int,
-                     max_items: int) -> tuple[list[str], list[str] | None]:
+def per_item_prompts(prompt: str, negative_prompt: str, *, max_chars: int) -> tuple[list[str], list[str] | None]:
     """The prompt widget's items, and the negative prompt's: ``None`` when the negative widget is empty
     (no negative conditioning, the official default), else one negative shared by every item or one per
-    item. Each widget holds at most ``max_chars`` characters and ``max_items`` items."""
-    prompts = split_items(prompt, "prompt", max_chars=max_chars, max_items=max_items)
-    negatives = split_items(negative_prompt, "negative_prompt", max_chars=max_chars, max_items=max_items)
+    item. Each widget holds at most ``max_chars`` characters."""
+    prompts = split_items(prompt, "prompt", max_chars=max_chars)
+    negatives = split_items(negative_prompt, "negative_prompt", max_chars=max_chars)
     if negatives == [""]:
         return prompts, None
     if len(negatives) == 1:
@@ -141,7 +137,7 @@ def parse_regions(text: str) -> list[tuple[float, float]]:
     At most :data:`MAX_LIST_CHARS` characters.
 
     Only the syntax is checked here; the order of the bounds and the duration are checked by
-    ``sa3_core.masks.validate_regions``, whose messages say which region is wrong.
+    ``sa3_core.validation.validate_regions``, whose messages say which region is wrong.
     """
     regions = []
     for part in _list_parts(check_text(text, "regions", MAX_LIST_CHARS)):

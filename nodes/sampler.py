@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..sa3_core.masks import finite_number
-from ..sa3_core.pipeline import MAX_SEED, PromptConditioning, Window
+from ..sa3_core.pipeline import PromptConditioning
+from ..sa3_core.validation import MAX_SEED, finite_number, validate_seed
+from ..sa3_core.window import Window
 from ..sa3_core.sampling import SAMPLERS, GuidanceOptions
 from .common import (
     MODEL_TOOLTIP,
@@ -101,8 +102,7 @@ class SA3RFSampler(io.ComfyNode):
         # ComfyUI's min/max checks let NaN through, and `cfg or default` would keep it.
         cfg, apg_scale, shift = (finite_number(value, name) for value, name in
                                  ((cfg, "cfg"), (apg_scale, "apg_scale"), (shift, "shift")))
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-            raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+        validate_seed(seed)
         core = model.core
         window = info.window
         steps = steps or core.default_steps

@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from .hub import MODEL_REPOS, MODELS_DIR_ENV
-from .masks import PEAK_POLICIES, continuation_region
+from .inpaint import continuation_region
+from .output import PEAK_POLICIES
 from .sampling import SAMPLERS
 from .wav import read_wav, write_wav
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from .masks import validate_audio, validate_sample_rate
+from .validation import validate_audio, validate_sample_rate
 from .resample import input_samples_needed, resample
 
 logger = logging.getLogger(__name__)

@@ -37,10 +37,10 @@ from .config import AutoencoderConfig, ConfigError, ModelConfig, autoencoder_con
 from .dit import DiffusionTransformer
 from .ops import FLOAT8_DTYPES, OPS, storing
 from .same import SAMEAutoencoder
-from .text import (
+from .conditioners import Conditioners
+from .t5gemma import (
     COMFY_IGNORED_PREFIXES,
     COMFY_SPIECE_KEY,
-    Conditioners,
     T5GemmaTextEncoder,
     TextEncoderError,
     comfy_key_to_transformers,
@@ -50,6 +50,7 @@ from .text import (
     transformers_key_to_comfy,
 )
 from .tokenizer import TokenizerError, tokenizer_from_sentencepiece
+from .validation import require_finite
 
 Shape = tuple[int, ...]
 Operations = Any  # see sa3_core.ops
@@ -113,16 +114,9 @@ class SafetensorsFile:
     def read(self, key: str) -> torch.Tensor:
         """One tensor; a floating-point one must be finite (NaN weights only ever produce noise)."""
         tensor = self._file.get_tensor(key)
-        if tensor.is_floating_point() and not _all_finite(tensor):
-            raise CheckpointError(f"{self.path}: tensor {key} holds NaN or infinite values; the file is damaged")
+        require_finite(tensor, f"{self.path}: tensor {key} holds NaN or infinite values; the file is damaged",
+                       CheckpointError)
         return tensor
-
-
-def _all_finite(tensor: torch.Tensor) -> bool:
-    """``isfinite`` has no float8 kernels: those are checked as float16, which holds every float8 value."""
-    if tensor.element_size() == 1:
-        tensor = tensor.to(torch.float16)
-    return bool(torch.isfinite(tensor).all())
 
 
 class _DictSource:
@@ -159,10 +153,6 @@ def _refuse_pickle(path: Path) -> None:
             f"{path}: holds a PyTorch pickle (zip/pickle) despite its name; only safetensors content is "
             "loaded (pickle files can run code and are never opened)"
         )
-
-
-def open_safetensors(path: str | Path) -> SafetensorsFile:
-    return SafetensorsFile(path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -321,10 +311,6 @@ def detect_variant(shapes: Mapping[str, Shape], source: str = "<weights>") -> st
     The DiT's self-attention ``to_qkv`` is 5 x width for differential attention (medium) and 3 x width
     otherwise. The rest (autoencoder included) is then checked tensor by tensor against that preset.
     """
-    return _dit_variant(shapes, source)
-
-
-def _dit_variant(shapes: Mapping[str, Shape], source: str) -> str:
     qkv = shapes.get(DIT_PREFIX + "transformer.layers.0.self_attn.to_qkv.weight")
     if qkv is None or len(qkv) != 2:
         raise CheckpointError(f"{source}: not an SA3 checkpoint (no {DIT_PREFIX}transformer.layers.0.self_attn.to_qkv.weight)")
@@ -641,7 +627,7 @@ def _check_sa3_weights(weights: SafetensorsFile, expected: Mapping[str, Mapping[
         return
     hint = ""
     try:
-        looks_like = _dit_variant(weights.shapes, weights.name)
+        looks_like = detect_variant(weights.shapes, weights.name)
         if looks_like != config.variant:
             hint = f"the weights look like a {looks_like} model but {config.source} describes {config.variant}"
     except CheckpointError:

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from .lora_adapter import Adapter, LoRAError, check_dora_mode, effective_weight
 from .lora_file import DEFAULT_ROOTS, LoRAFile, matches_any, module_name_to_target, read_lora_file
-from .masks import finite_number
+from .validation import finite_number
 
 # The target whose LoRAs the per-step gating switches (the official code never gates the conditioner).
 GATED_TARGET = "dit"

@@ -23,18 +23,17 @@ Deliberate differences from the official loader (which loads with ``strict=False
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from .lora_adapter import ADAPTER_TENSORS, ADAPTER_TYPES, Adapter, LoRAError
+from .validation import finite_number, require_finite
 
 # LoRA key prefix -> the model part it adapts. ``model.`` is the official DiTWrapper's attribute that
 # holds the DiT; ``conditioners.`` the MultiConditioner's dict of conditioners. Our DiT and
@@ -205,9 +204,8 @@ def _number(config: Mapping, key: str, default: float | None, path: Path) -> flo
     value = config.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise LoRAError(f"{path}: lora_config.{key} must be a finite number, got {value!r}")
-    return value
+    finite_number(value, f"{path}: lora_config.{key}", LoRAError)
+    return value  # as written: an integer rank stays an integer
 
 
 def read_lora_file(path: str | Path, roots: Mapping[str, str] = DEFAULT_ROOTS) -> LoRAFile:
@@ -234,8 +232,7 @@ def read_lora_file(path: str | Path, roots: Mapping[str, str] = DEFAULT_ROOTS) -
             raise LoRAError(f"{path}: {key!r} uses parametrization index {match['index']}; LoRA files use index 0")
         if not tensor.is_floating_point():
             raise LoRAError(f"{path}: {key!r} has dtype {tensor.dtype}, expected a floating point tensor")
-        if not torch.isfinite(tensor).all():
-            raise LoRAError(f"{path}: {key!r} holds NaN or infinite values; the LoRA file is broken")
+        require_finite(tensor, f"{path}: {key!r} holds NaN or infinite values; the LoRA file is broken", LoRAError)
         module_name_to_target(match["module"], roots)  # raises for keys outside the DiT and conditioner
         grouped.setdefault(match["module"], {})[match["tensor"]] = tensor.float()
 

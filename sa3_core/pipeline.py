@@ -29,8 +29,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from . import audio_prep, hub, masks
+from . import audio_prep, hub, inpaint, output, validation
 from .checkpoint import SA3Components, load_components
+from .conditioners import Conditioning
 from .config import ModelConfig
 from .dit import DiTBlock
 from .lora import LoRAGate, LoRAStack, gates_from_configs
@@ -48,18 +49,12 @@ from .sampling import (
     StepCallback,
 )
 from .same import SAMEBlock
-from .text import Conditioning
+from .validation import Region, require_finite
+from .window import Window, adapt_sample_size, latent_length
 
 AudioInput = tuple[int, torch.Tensor]
 """``(sample_rate, audio)``, or ``(audio, sample_rate)`` as ``torchaudio.load`` returns it; audio is (T,),
 (C, T) or (1, C, T) float samples."""
-
-MAX_SEED = 2**63 - 1
-
-MAX_PROMPT_CHARS = 1 << 18
-"""The longest prompt text accepted (256 Ki characters). The encoder reads 256 tokens, a few thousand
-characters at most; the cap only bounds the tokenizer's work on text far past that (longer prompts are
-read up to their 256th token, with a warning)."""
 
 
 def default_device() -> torch.device:
@@ -84,9 +79,7 @@ def resolve_seed(seed: int | None) -> int:
     """``-1`` (or None) draws a fresh random seed; anything else must be a non-negative integer."""
     if seed is None or seed == -1:
         return random.SystemRandom().randrange(0, 2**31)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be -1 (random) or an integer in [0, 2**63), got {seed!r}")
-    return seed
+    return validation.validate_seed(seed)
 
 
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
@@ -99,39 +92,6 @@ def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
 # ---------------------------------------------------------------------------------------------------
 # Stage results
 # ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Window:
-    """The latent window a batch is generated in.
-
-    ``durations`` are the items' requested seconds (the ``seconds_total`` conditioning), ``audio_samples``
-    the window in samples (longest duration + padding, aligned, capped), ``latents`` its length L.
-    """
-
-    durations: tuple[float, ...]
-    audio_samples: int
-    latents: int
-    padding_sec: float
-    sample_rate: int
-    downsampling_ratio: int
-
-    @property
-    def batch_size(self) -> int:
-        return len(self.durations)
-
-    def padding_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """(B, L) bool, True on each item's valid latents (its duration + the padding headroom)."""
-        return masks.padding_mask(self.durations, self.latents, self.padding_sec, self.sample_rate,
-                                  self.downsampling_ratio, device)
-
-    def effective_lengths(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """(B,) latents each item's duration covers: the schedule's sequence lengths."""
-        return masks.effective_lengths(self.durations, self.sample_rate, self.downsampling_ratio, device)
-
-    def output_samples(self) -> list[int]:
-        """Samples of each item after trimming: ``int(duration * sr)``."""
-        return masks.duration_samples(self.durations, self.sample_rate)
 
 
 @dataclass
@@ -246,16 +206,16 @@ class StableAudioModel:
         """The latent window for a batch with these per-item durations (validated)."""
         if not durations:
             raise ValueError("a batch needs at least one item")
-        masks.validate_batch_size(len(durations), "batch")
+        validation.validate_batch_size(len(durations), "batch")
         durations = tuple(float(d) for d in durations)
-        masks.validate_durations(durations, self.max_seconds)
-        if masks.finite_number(padding_sec, "duration_padding_sec") < 0:
+        validation.validate_durations(durations, self.max_seconds)
+        if validation.finite_number(padding_sec, "duration_padding_sec") < 0:
             raise ValueError(f"duration_padding_sec must be >= 0, got {padding_sec!r}")
         cap = self.config.sample_size if sample_size is None else int(sample_size)
         ratio = self.downsampling_ratio
-        audio_samples = masks.adapt_sample_size(max(durations), padding_sec, self.sample_rate, ratio,
-                                                self.config.autoencoder.latent_align, cap)
-        return Window(durations, audio_samples, masks.latent_length(audio_samples, ratio), float(padding_sec),
+        audio_samples = adapt_sample_size(max(durations), padding_sec, self.sample_rate, ratio,
+                                          self.config.autoencoder.latent_align, cap)
+        return Window(durations, audio_samples, latent_length(audio_samples, ratio), float(padding_sec),
                       self.sample_rate, ratio)
 
     # -- stage 2: noise -------------------------------------------------------------------------------
@@ -276,13 +236,13 @@ class StableAudioModel:
         """Prompt + ``seconds_total`` conditioning per item; the negative side only when given."""
         if self.text_encoder is None:
             raise ValueError("this model was loaded without a T5Gemma text encoder; pass text_encoder_path")
-        masks.validate_batch_size(len(prompts), "prompts")
+        validation.validate_batch_size(len(prompts), "prompts")
         if len(prompts) != len(durations):
             raise ValueError(f"{len(prompts)} prompts for {len(durations)} durations")
         if negative_prompts is not None and len(negative_prompts) != len(prompts):
             raise ValueError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts")
-        validate_prompts(prompts, "prompt")
-        validate_prompts(negative_prompts or (), "negative_prompt")
+        validation.validate_prompts(prompts, "prompt")
+        validation.validate_prompts(negative_prompts or (), "negative_prompt")
 
         def condition(texts: Sequence[str]) -> Conditioning:
             hidden, mask = self.text_encoder.encode(list(texts))
@@ -326,7 +286,7 @@ class StableAudioModel:
         window: Window,
         source_latents: torch.Tensor | None = None,
         *,
-        regions: Sequence[masks.Region] | Sequence[Sequence[masks.Region]] | None = None,
+        regions: Sequence[Region] | Sequence[Sequence[Region]] | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The DiT's ``local_add_cond`` (B, 257, L): the inpaint mask channel (1 = keep, 0 = generate) and
@@ -348,8 +308,8 @@ class StableAudioModel:
             return torch.zeros(batch, 1 + latent_dim, length, device=self.device)
         if source_latents is not None:
             length = self.autoencoder.encoded_length(window.audio_samples, chunked=self.config.autoencoder.chunked)
-        latent_mask = masks.inpaint_mask(batch, window.audio_samples, length, self.sample_rate,
-                                         window.durations, regions=regions, mask=mask, device=self.device)
+        latent_mask = inpaint.inpaint_mask(batch, window.audio_samples, length, self.sample_rate,
+                                           window.durations, regions=regions, mask=mask, device=self.device)
         if source_latents is None:
             masked = torch.zeros(batch, latent_dim, length, device=self.device)
         else:
@@ -410,12 +370,12 @@ class StableAudioModel:
 
         ``lora_gates`` (the official ``lora_configs``): before each DiT forward the loaded LoRAs are switched
         on or off for that step's t (sa3_core.lora.LoRAStack.gate); afterwards every LoRA is on again."""
-        masks.validate_steps(steps)
+        validation.validate_steps(steps)
         _refuse_non_finite_inputs(conditioning, init_latents)
         sigma_max = 1.0
         x = noise.to(self.dtype)
         if init_latents is not None:
-            masks.validate_init_noise_level(init_noise_level)
+            validation.validate_init_noise_level(init_noise_level)
             sigma_max = float(init_noise_level)
             x = mix_init(init_latents.to(self.dtype).expand_as(x), x, sigma_max)
         schedule = self.schedule(window, steps, sigma_max, dist_shift)
@@ -432,12 +392,11 @@ class StableAudioModel:
         finally:
             if lora_gates:
                 self.lora.clear_gates()
-        if not torch.isfinite(latents).all():
-            raise ValueError(
-                "sampling produced NaN or infinite latents, so the audio would be noise or full-scale clipping. "
-                "Likely causes: extreme settings (cfg_scale, apg_scale, cfg_norm_threshold, scale_phi, the "
-                "distribution shift / sampler shift), or DiT weights that are broken or pushed out of range by a "
-                "LoRA (its alpha or strength)")
+        require_finite(latents,
+                       "sampling produced NaN or infinite latents, so the audio would be noise or full-scale clipping. "
+                       "Likely causes: extreme settings (cfg_scale, apg_scale, cfg_norm_threshold, scale_phi, the "
+                       "distribution shift / sampler shift), or DiT weights that are broken or pushed out of range "
+                       "by a LoRA (its alpha or strength)")
         return latents.float()
 
     def _check_gates(self, gates: Sequence[LoRAGate]) -> None:
@@ -454,23 +413,21 @@ class StableAudioModel:
         window: Window,
         *,
         chunked: bool | None = None,
-        peak: masks.PeakPolicy = "clamp",
+        peak: output.PeakPolicy = "clamp",
         progress: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
         """Latents (B, 256, L) -> audio (B, 2, samples) float32: SAME decode (chunked by default as the
         config says, bounded memory), zeros past each item's valid latents, then the peak policy."""
         chunked = self.config.autoencoder.chunked if chunked is None else chunked
-        if not torch.isfinite(latents).all():
-            raise ValueError("the latents to decode hold NaN or infinite values (the sampler's settings, the "
-                             "model's weights or a LoRA produced them)")
+        require_finite(latents, "the latents to decode hold NaN or infinite values (the sampler's settings, the "
+                                "model's weights or a LoRA produced them)")
         audio = self.autoencoder.decode_audio(latents.to(self._autoencoder_dtype()), chunked=chunked,
                                               progress=progress)
-        audio = masks.zero_padding(audio, window.padding_mask(audio.device), self.downsampling_ratio)
+        audio = output.zero_padding(audio, window.padding_mask(audio.device), self.downsampling_ratio)
         # Checked before the peak policy: clamping would turn infinities into full-scale samples.
-        if not torch.isfinite(audio).all():
-            raise ValueError("decoding produced NaN or infinite audio from finite latents: the autoencoder's "
-                             "weights are broken, or it ran in a dtype too narrow for these latents")
-        return masks.apply_peak_policy(audio, peak)
+        require_finite(audio, "decoding produced NaN or infinite audio from finite latents: the autoencoder's "
+                              "weights are broken, or it ran in a dtype too narrow for these latents")
+        return output.apply_peak_policy(audio, peak)
 
     def _autoencoder_dtype(self) -> torch.dtype:
         return next(self.autoencoder.parameters()).dtype
@@ -503,7 +460,7 @@ class StableAudioModel:
         cfg_interval: tuple[float, float] = (0.0, 1.0),
         cfg_norm_threshold: float = 0.0,
         scale_phi: float = 0.0,
-        peak: masks.PeakPolicy = "clamp",
+        peak: output.PeakPolicy = "clamp",
         callback: StepCallback | None = None,
         conditioning: Sequence[Mapping[str, Any]] | None = None,
         conditioning_tensors: Mapping[str, Any] | None = None,
@@ -546,20 +503,20 @@ class StableAudioModel:
         # 1. Validate the whole request before any work.
         if prompt is None:
             raise ValueError("prompt is required")
-        masks.validate_batch_size(batch_size)
-        prompts = masks.per_item(prompt, batch_size, "prompt")
-        negatives = None if negative_prompt is None else masks.per_item(negative_prompt, batch_size, "negative_prompt")
-        durations = masks.per_item(duration, batch_size, "duration")
-        validate_prompts(prompts, "prompt")
-        validate_prompts(negatives or (), "negative_prompt")
+        validation.validate_batch_size(batch_size)
+        prompts = validation.per_item(prompt, batch_size, "prompt")
+        negatives = None if negative_prompt is None else validation.per_item(negative_prompt, batch_size,
+                                                                             "negative_prompt")
+        durations = validation.per_item(duration, batch_size, "duration")
+        validation.validate_prompts(prompts, "prompt")
+        validation.validate_prompts(negatives or (), "negative_prompt")
         steps = self.default_steps if steps is None else steps
-        masks.validate_steps(steps)
+        validation.validate_steps(steps)
         cfg_scale = self.default_cfg_scale if cfg_scale is None else float(cfg_scale)
-        masks.validate_init_noise_level(init_noise_level)  # also without init audio: a wrong value is a mistake
-        if peak not in masks.PEAK_POLICIES:
-            raise ValueError(f"unknown peak policy {peak!r} (expected one of {', '.join(masks.PEAK_POLICIES)})")
+        validation.validate_init_noise_level(init_noise_level)  # also without init audio: a wrong value is a mistake
+        output.validate_peak_policy(peak)
         window = self.plan_window(durations, duration_padding_sec, sample_size)
-        regions = _regions_from_seconds(inpaint_mask_start_seconds, inpaint_mask_end_seconds)
+        regions = inpaint.regions_from_seconds(inpaint_mask_start_seconds, inpaint_mask_end_seconds)
         if regions is not None:
             inpaint_mask = None  # the official precedence: seconds win over a prebuilt mask
         guidance = GuidanceOptions(cfg_scale=cfg_scale, apg_scale=apg_scale, cfg_interval=tuple(cfg_interval),
@@ -595,7 +552,7 @@ class StableAudioModel:
         lengths = window.output_samples()
         if len(set(lengths)) == 1:
             return audio[..., : lengths[0]]
-        return [item[..., :n] for item, n in zip(audio, lengths)]
+        return output.trim_to_durations(audio, window.durations, self.sample_rate)
 
     last_seed: int | None = None
     """The seed of the latest :meth:`generate` call (the drawn one when ``seed=-1``)."""
@@ -613,15 +570,14 @@ class StableAudioModel:
                                   prompts=tuple(prompts), negative_prompts=tuple(negatives) if negatives else None)
 
     def _build_inpaint(self, window: Window, inpaint_audio: AudioInput | None,
-                       regions: list[masks.Region] | None, mask: torch.Tensor | None) -> torch.Tensor:
+                       regions: list[Region] | None, mask: torch.Tensor | None) -> torch.Tensor:
         if regions is None and mask is None:
             if inpaint_audio is not None:
                 raise ValueError("inpaint_audio was given without inpaint_mask_start/end_seconds or an inpaint_mask")
             return self.inpaint_condition(window)
         # Regions are validated inside inpaint_condition; do it before the (slow) audio encode.
         if regions is not None:
-            for b, seconds in enumerate(window.durations):
-                masks.validate_regions(regions, seconds, name=f"item {b}: inpaint region")
+            inpaint.regions_per_item(regions, window.durations)
         source = self.encode_inpaint_source(inpaint_audio, window) if inpaint_audio is not None else None
         return self.inpaint_condition(window, source, regions=regions, mask=mask)
 
@@ -726,51 +682,15 @@ def _from_conditioning_dicts(dicts: Sequence[Mapping[str, Any]], name: str) -> t
     return prompts, durations
 
 
-def validate_prompts(values: Sequence[object], name: str) -> None:
-    """Every prompt must be text the tokenizer can read: a string of valid Unicode (no lone UTF-16
-    surrogate, which JSON's ``\\ud800`` escapes can produce and the tokenizer refuses with a raw TypeError)
-    of at most :data:`MAX_PROMPT_CHARS` characters."""
-    for i, value in enumerate(values):
-        if not isinstance(value, str):
-            raise ValueError(f"{name}[{i}] must be a string, got {type(value).__name__}")
-        if len(value) > MAX_PROMPT_CHARS:
-            raise ValueError(f"{name}[{i}] has {len(value)} characters, more than the {MAX_PROMPT_CHARS} allowed "
-                             "(the text encoder reads only the first 256 tokens anyway)")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"{name}[{i}] is not valid text: character {exc.start} is a lone UTF-16 surrogate "
-                             f"(U+{ord(value[exc.start]):04X}); remove it or replace it with the intended character") from None
-
-
 def _refuse_non_finite_inputs(conditioning: DiTConditioning, init_latents: torch.Tensor | None) -> None:
     """NaN in the sampler's inputs makes every step NaN: say where it came from before sampling."""
     named = {"the prompt conditioning": conditioning.cross_attn_cond, "the duration conditioning": conditioning.global_cond,
              "the negative prompt conditioning": conditioning.negative_cross_attn_cond}
     for what, tensor in named.items():
-        if tensor is not None and not torch.isfinite(tensor).all():
-            raise ValueError(f"{what} holds NaN or infinite values: the text encoder's or the conditioners' "
-                             "weights are broken, or a LoRA on the conditioner pushed them out of range")
+        if tensor is not None:
+            require_finite(tensor, f"{what} holds NaN or infinite values: the text encoder's or the conditioners' "
+                                   "weights are broken, or a LoRA on the conditioner pushed them out of range")
     for what, tensor in {"the inpaint / continuation input": conditioning.local_add_cond,
                          "the init audio's encoding": init_latents}.items():
-        if tensor is not None and not torch.isfinite(tensor).all():
-            raise ValueError(f"{what} holds NaN or infinite values: the autoencoder's weights are broken")
-
-
-def _regions_from_seconds(starts: float | Sequence[float] | None,
-                          ends: float | Sequence[float] | None) -> list[masks.Region] | None:
-    """The official ``inpaint_mask_start/end_seconds`` pair (scalars or equal-length lists) as regions."""
-    if starts is None and ends is None:
-        return None
-    if starts is None or ends is None:
-        raise ValueError("give both inpaint_mask_start_seconds and inpaint_mask_end_seconds")
-    start_list, end_list = isinstance(starts, (list, tuple)), isinstance(ends, (list, tuple))
-    if start_list != end_list:
-        raise ValueError("inpaint_mask_start_seconds and inpaint_mask_end_seconds must both be numbers or both lists")
-    starts_ = list(starts) if start_list else [starts]  # type: ignore[arg-type]
-    ends_ = list(ends) if end_list else [ends]  # type: ignore[arg-type]
-    if len(starts_) != len(ends_):
-        raise ValueError(f"{len(starts_)} inpaint starts but {len(ends_)} ends")
-    if not starts_:
-        raise ValueError("no inpaint regions given")
-    return [(s, e) for s, e in zip(starts_, ends_)]
+        if tensor is not None:
+            require_finite(tensor, f"{what} holds NaN or infinite values: the autoencoder's weights are broken")

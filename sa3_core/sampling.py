@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
-from .masks import finite_number
+from .validation import finite_number
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``model_fn(x (B, C, L), t (B,)) -> v (B, C, L)``."""

@@ -25,7 +25,7 @@ def _load():
 
 
 parsing = _load()
-LIMITS = dict(max_chars=1000, max_items=4)
+LIMITS = dict(max_chars=1000)
 
 
 def test_the_parsers_use_no_regular_expressions() -> None:
@@ -62,16 +62,11 @@ def test_adversarial_region_text_within_the_cap_is_refused_as_unreadable(text: s
         parsing.parse_regions(text)
 
 
-def test_prompt_widgets_refuse_too_much_text_or_too_many_items_before_splitting() -> None:
+def test_prompt_widgets_refuse_too_much_text_before_splitting() -> None:
     with pytest.raises(ValueError, match="prompt: 1001 characters, more than the 1000 allowed"):
         parsing.per_item_prompts("a" * 1001, "", **LIMITS)
     with pytest.raises(ValueError, match="negative_prompt: 1001 characters"):
         parsing.per_item_prompts("a", "b" * 1001, **LIMITS)
-    five = "\n---\n".join("abcde")
-    with pytest.raises(ValueError, match="prompt: 5 items .* more than the 4 a batch can hold"):
-        parsing.per_item_prompts(five, "", **LIMITS)
-    with pytest.raises(ValueError, match="negative_prompt: 5 items"):
-        parsing.per_item_prompts("a", five, **LIMITS)
     with pytest.raises(ValueError, match="expected text, got int"):
         parsing.per_item_prompts(3, "", **LIMITS)
 

@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 from sa3_core import resample as resampling
 from sa3_core.checkpoint import CheckpointError
 from sa3_core.lora import LoRAError, validate_strength
-from sa3_core.masks import MAX_BATCH
-from sa3_core.pipeline import MAX_PROMPT_CHARS, StableAudioModel
+from sa3_core.pipeline import StableAudioModel
 from sa3_core.sampling import FluxShift, GuidanceOptions, LogSNRShift, shift_from_options
+from sa3_core.validation import MAX_BATCH, MAX_PROMPT_CHARS
 from tests.helpers import relative_l2
 
 SR = 44100
@@ -158,7 +158,7 @@ def test_prompt_length_is_capped(model: StableAudioModel) -> None:
 
 def test_a_prompt_cut_by_the_encoder_is_reported_once(model: StableAudioModel, caplog) -> None:
     model.text_encoder.clear_cache()
-    caplog.set_level(logging.WARNING, logger="sa3_core.text")
+    caplog.set_level(logging.WARNING, logger="sa3_core.t5gemma")
     model.encode_prompts(["piano"], [1.0])
     model.encode_prompts([" ".join(["piano"] * 256)], [1.0])  # exactly the 256 tokens the encoder reads
     assert caplog.records == []

@@ -26,11 +26,10 @@ from sa3_core.checkpoint import (
     load_module_weights,
     load_text_encoder,
     module_shapes,
-    open_safetensors,
     preset_config,
 )
 from sa3_core.config import ModelConfig
-from sa3_core.text import T5GemmaTextEncoder
+from sa3_core.t5gemma import T5GemmaTextEncoder
 from sa3_core.tiny import tiny_sentencepiece_model
 
 TE_FOLDER = "t5gemma-b-b-ul2"
@@ -271,7 +270,7 @@ def test_failed_load_leaves_the_module_unchanged(damage: str):
 def test_load_module_weights_reads_safetensors_files(fixtures_dir: Path):
     config = ModelConfig.from_json(fixtures_dir / "tiny-small" / "model_config.json")
     module = build_modules(config, device="meta", dtype=torch.float32)[CONDITIONER_PREFIX]
-    file = open_safetensors(fixtures_dir / "tiny-small" / "model.safetensors")
+    file = SafetensorsFile(fixtures_dir / "tiny-small" / "model.safetensors")
     load_module_weights(module, file, prefix=CONDITIONER_PREFIX, device="cpu")
     assert torch.equal(module.prompt.padding_embedding, file.read(CONDITIONER_PREFIX + "prompt.padding_embedding"))
 

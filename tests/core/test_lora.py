@@ -15,8 +15,8 @@ from sa3_core.dit import DiffusionTransformer
 from sa3_core.lora import LoRAGate, LoRAStack, adaptable_weights, plan_lora_stack
 from sa3_core.lora_adapter import ADAPTER_TYPES, Adapter, LoRAError, apply_adapter, effective_weight, xs_bases
 from sa3_core.lora_file import expand_brackets, matches_any, module_name_to_target, read_lora_file
-from sa3_core.text import Conditioners
 from tests.helpers import relative_l2
+from sa3_core.conditioners import Conditioners
 
 LORA_A = "loras/style_a_lora.safetensors"
 LORA_B = "loras/style_b_dora.safetensors"

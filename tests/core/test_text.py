@@ -16,15 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from sa3_core.checkpoint import CheckpointError, load_text_encoder
 from sa3_core.config import ModelConfig
-from sa3_core.text import (
-    Conditioners,
-    PromptConditioner,
-    SecondsConditioner,
-    T5GemmaTextEncoder,
-    TextEncoderError,
-    comfy_key_to_transformers,
-    transformers_key_to_comfy,
-)
+from sa3_core.conditioners import Conditioners, PromptConditioner, SecondsConditioner
+from sa3_core.t5gemma import T5GemmaTextEncoder, TextEncoderError, comfy_key_to_transformers, transformers_key_to_comfy
 from tests.helpers import relative_l2
 
 PREFIX = "conditioner.conditioners."

@@ -196,7 +196,7 @@ def test_too_many_prompts_in_one_widget_are_refused_at_queue_time(sa3_server: Co
     with pytest.raises(PromptRejected) as rejected:
         comfy.queue_prompt(graph(prompts, batch_from_conditioning=True))
     details = " ".join(e["details"] for e in rejected.value.node_errors["2"]["errors"])
-    assert "prompt: 130 items (prompts separated by '---'), more than the 64 a batch can hold" in details
+    assert "prompt (items separated by '---'): 130 items, more than the 64 one generation takes" in details
     assert_serves(comfy)
 
 

@@ -241,7 +241,7 @@ def inpaint_graph(regions: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("node, graph, message", [
-    ("8", inpaint_graph("0.5-1.0, 3.0-2.0"), "end must be after the start"),
+    ("8", inpaint_graph("0.5-1.0, 3.0-2.0"), "inpaint region 1: end 2.0 s must be after start 3.0 s"),
     ("8", inpaint_graph("0.5 to"), "write start-end in seconds"),
     ("1", t2a_graph() | {"1": {"class_type": "SA3_ModelLoader", "inputs": {
         "model": "no-such-model", "text_encoder": "auto", "dtype": "auto", "attention": "auto"}}}, "not found"),

@@ -1,17 +1,10 @@
-"""Prompt and duration conditioning: the T5Gemma text encoder and the two SA3 conditioners.
+"""The T5Gemma text encoder SA3 conditions on: loading it offline, tokenizing and encoding prompts.
 
-SA3 conditions on two things:
-
-* the prompt, encoded by a frozen T5Gemma-b encoder (768-dim, 256 tokens). Its weights are *not* part
-  of the SA3 checkpoint: they live in the ``t5gemma-b-b-ul2/`` folder next to the official config, or
-  in the Comfy-Org single file ``t5gemma_b_b_ul2.safetensors`` (encoder weights + SentencePiece bytes).
-  Padded token rows are then replaced by a learned ``padding_embedding`` (:class:`PromptConditioner`);
-* the requested duration ``seconds_total``: exponential Fourier features + one Linear
-  (:class:`SecondsConditioner`).
-
-:class:`Conditioners` holds the two small learned parts; its ``state_dict()`` keys are the checkpoint's
-``conditioner.conditioners.*`` keys without that prefix. The T5Gemma encoder is deliberately not a
-submodule of it, exactly as in the official code.
+The prompt is encoded by a frozen T5Gemma-b encoder (768-dim, 256 tokens). Its weights are *not* part of the
+SA3 checkpoint: they live in the ``t5gemma-b-b-ul2/`` folder next to the official config, or in the Comfy-Org
+single file ``t5gemma_b_b_ul2.safetensors`` (encoder weights + SentencePiece bytes, read by
+``sa3_core.checkpoint``). The learned conditioners that turn its output into the DiT's conditioning are in
+``sa3_core.conditioners``.
 
 Nothing here touches the network: transformers is always called with ``local_files_only=True``.
 """
@@ -20,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -28,10 +20,8 @@ import torch
 from torch import nn
 
 from . import ops
-from .config import ConditioningConfig
-from .layers import ExpoFourierFeatures
-from .ops import OPS, CastWeights, Operations, cast_param
 from .tokenizer import TokenizerError, tokenizer_from_folder
+from .validation import require_finite
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +237,7 @@ class T5GemmaTextEncoder:
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``last_hidden_state`` (B, max_length, 768) in the encoder's dtype and the token mask (B, max_length) bool.
 
-        Padded rows still hold the encoder's output there; :class:`PromptConditioner` replaces them.
+        Padded rows still hold the encoder's output there; ``sa3_core.conditioners.PromptConditioner`` replaces them.
         """
         prompts = [str(p) for p in prompts]
         rows = {p: self._cache[p] for p in prompts if p in self._cache}
@@ -309,8 +299,8 @@ def t5gemma_encoder_sizes(shapes: Mapping[str, Sequence[int]], source: str, head
 def _raise_on_non_finite(model: nn.Module, source: str) -> None:
     """Weights transformers loaded from a folder must be finite (single files are checked as they are read)."""
     for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise TextEncoderError(f"{source}: T5Gemma weight {name} holds NaN or infinite values; the file is damaged")
+        require_finite(tensor, f"{source}: T5Gemma weight {name} holds NaN or infinite values; the file is damaged",
+                       TextEncoderError)
 
 
 def _load_options(dtype: torch.dtype) -> dict[str, Any]:
@@ -369,144 +359,3 @@ def comfy_key_to_transformers(key: str) -> str | None:
 def transformers_key_to_comfy(key: str) -> str:
     """``encoder.X`` -> ``model.encoder.X``: the inverse of :func:`comfy_key_to_transformers`."""
     return "model." + key
-
-
-# --------------------------------------------------------------------------------------------------
-# Conditioners (the learned parts, stored in the SA3 checkpoint)
-# --------------------------------------------------------------------------------------------------
-
-
-class PromptConditioner(nn.Module, CastWeights):
-    """Replaces padded token rows of the T5Gemma output by a learned vector (``padding_embedding``).
-
-    With ``padding_mode="learned"`` (every released SA3 model) an empty prompt becomes 256 copies of
-    ``padding_embedding``, which is what makes ``""`` act as the unconditional prompt. ``"zero"`` zeroes
-    padded rows instead (no parameter). Real-token rows pass through unchanged: T5Gemma's 768 dims equal
-    the conditioning width, so there is no projection.
-    """
-
-    def __init__(self, dim: int = 768, *, padding_mode: str = "learned", device=None, dtype=None):
-        super().__init__()
-        if padding_mode not in ("learned", "zero"):
-            raise ValueError(f"unsupported padding_mode {padding_mode!r}")
-        self.dim = dim
-        self.padding_mode = padding_mode
-        if padding_mode == "learned":
-            self.padding_embedding = nn.Parameter(torch.randn(dim, device=device, dtype=dtype) * 0.02)
-
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``hidden`` (B, N, dim) and token mask (B, N) -> ``(embeddings (B, N, dim), mask (B, N) bool)``.
-
-        The output is in the padding embedding's dtype (the model's), whatever the text encoder's was, on
-        ``hidden``'s device.
-        """
-        if hidden.shape[-1] != self.dim:
-            raise ValueError(f"prompt embeddings have {hidden.shape[-1]} channels, expected {self.dim}")
-        if self.padding_mode == "learned":
-            hidden = hidden.to(dtype=self.padding_embedding.dtype)
-            fill = cast_param(self, "padding_embedding", hidden).expand_as(hidden)
-        else:
-            fill = torch.zeros_like(hidden)
-        mask = mask.to(device=hidden.device, dtype=torch.bool)
-        # torch.where, not a multiply: padded rows may hold anything (even NaN) and must not leak.
-        return torch.where(mask.unsqueeze(-1), hidden, fill), mask
-
-
-class _NumberEmbedder(nn.Module):
-    """``embedding = Sequential(ExpoFourierFeatures, Linear)``: keeps the official key ``embedding.1.*``."""
-
-    def __init__(self, dim: int, features: int, *, operations: Operations, device, dtype):
-        super().__init__()
-        self.embedding = nn.Sequential(
-            ExpoFourierFeatures(features),
-            operations.Linear(features, dim, device=device, dtype=dtype),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embedding(x)
-
-
-class SecondsConditioner(nn.Module):
-    """``seconds_total`` -> one conditioning token (B, 1, dim).
-
-    Seconds are clamped to ``[min_val, max_val]`` (0..384 s in SA3), scaled to [0, 1], expanded into
-    256 exponential Fourier features and projected by one Linear.
-    """
-
-    def __init__(self, dim: int = 768, *, min_val: float = 0.0, max_val: float = 384.0, features: int = 256,
-                 operations: Operations = OPS, device=None, dtype=None):
-        super().__init__()
-        if max_val <= min_val:
-            raise ValueError(f"max_val {max_val} must exceed min_val {min_val}")
-        self.min_val = float(min_val)
-        self.max_val = float(max_val)
-        self.embedder = _NumberEmbedder(dim, features, operations=operations, device=device, dtype=dtype)
-
-    def forward(self, seconds: Sequence[float] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``(embeddings (B, 1, dim), mask (B, 1) bool, all True)``."""
-        weight = self.embedder.embedding[1].weight
-        if torch.is_tensor(seconds):
-            values = seconds.detach().reshape(-1).to(device=weight.device, dtype=torch.float32)
-        else:
-            values = torch.tensor([float(s) for s in seconds], dtype=torch.float32, device=weight.device)
-        values = values.clamp(self.min_val, self.max_val)
-        normalized = ((values - self.min_val) / (self.max_val - self.min_val)).to(weight.dtype)
-        embeddings = self.embedder(normalized).unsqueeze(1)
-        return embeddings, torch.ones(embeddings.shape[:2], dtype=torch.bool, device=embeddings.device)
-
-
-@dataclass
-class Conditioning:
-    """The conditioning tensors the DiT consumes, plus the per-conditioner outputs they came from.
-
-    ``cross_attn_cond`` = prompt tokens 0..255 then the seconds token (B, 257, 768); ``global_cond`` =
-    the seconds embedding (B, 768). ``cross_attn_mask`` is informational: the DiT attends to all 257
-    tokens (the official code drops this mask).
-    """
-
-    prompt_embeddings: torch.Tensor  # (B, 256, 768)
-    prompt_mask: torch.Tensor  # (B, 256) bool
-    seconds_embeddings: torch.Tensor  # (B, 1, 768)
-    cross_attn_cond: torch.Tensor  # (B, 257, 768)
-    cross_attn_mask: torch.Tensor  # (B, 257) bool
-    global_cond: torch.Tensor  # (B, 768)
-
-
-class Conditioners(nn.Module):
-    """The learned conditioner weights of an SA3 checkpoint (``conditioner.conditioners.*``).
-
-    ``state_dict()`` keys: ``prompt.padding_embedding``, ``seconds_total.embedder.embedding.1.{weight,bias}``.
-    The T5Gemma encoder is passed in by the caller (see :class:`T5GemmaTextEncoder`); it is not a
-    submodule, so it is neither in the checkpoint nor moved or cast with this module.
-    """
-
-    def __init__(self, cfg: ConditioningConfig, *, operations: Operations = OPS, device=None, dtype=None):
-        super().__init__()
-        self.config = cfg
-        self.prompt = PromptConditioner(cfg.cond_dim, padding_mode=cfg.prompt.padding_mode, device=device, dtype=dtype)
-        self.seconds_total = SecondsConditioner(
-            cfg.cond_dim, min_val=cfg.seconds_total.min_val, max_val=cfg.seconds_total.max_val,
-            operations=operations, device=device, dtype=dtype,
-        )
-
-    @property
-    def max_length(self) -> int:
-        """Prompt tokens the text encoder must produce (256 in every released config)."""
-        return self.config.prompt.max_length
-
-    def forward(self, prompt_hidden: torch.Tensor, prompt_mask: torch.Tensor,
-                seconds: Sequence[float] | torch.Tensor) -> Conditioning:
-        """Text-encoder output (B, 256, 768) + mask and B durations -> the DiT's conditioning inputs."""
-        prompt, mask = self.prompt(prompt_hidden, prompt_mask)
-        seconds_emb, seconds_mask = self.seconds_total(seconds)
-        if seconds_emb.shape[0] != prompt.shape[0]:
-            raise ValueError(f"{prompt.shape[0]} prompts but {seconds_emb.shape[0]} durations")
-        seconds_emb = seconds_emb.to(device=prompt.device, dtype=prompt.dtype)
-        return Conditioning(
-            prompt_embeddings=prompt,
-            prompt_mask=mask,
-            seconds_embeddings=seconds_emb,
-            cross_attn_cond=torch.cat([prompt, seconds_emb], dim=1),
-            cross_attn_mask=torch.cat([mask, seconds_mask.to(mask.device)], dim=1),
-            global_cond=seconds_emb.squeeze(1),
-        )

@@ -225,19 +225,20 @@ class StableAudioModel:
         """The longest duration this model generates (the config's ``sample_size``, 120 s for SA3)."""
         return self.config.max_seconds
 
+    # The official recommendations (sa3_core.config.RECOMMENDATIONS): 8 steps, cfg 1 (no guidance) and
+    # ping-pong for the post-trained models; 50 steps, cfg 7 and Euler for the -base models.
+
     @property
     def default_sampler(self) -> str:
-        return self.config.default_sampler
+        return self.config.recommended.sampler
 
     @property
     def default_steps(self) -> int:
-        """8 for the post-trained models (ping-pong), 50 for the -base models (Euler), as the official docs."""
-        return 8 if self.config.diffusion_objective == "rf_denoiser" else 50
+        return self.config.recommended.steps
 
     @property
     def default_cfg_scale(self) -> float:
-        """1 (no guidance) for the distilled models, 7 for the -base models (official recommendation)."""
-        return 1.0 if self.config.diffusion_objective == "rf_denoiser" else 7.0
+        return self.config.recommended.cfg_scale
 
     # -- stage 1: the window --------------------------------------------------------------------------
 
@@ -419,16 +420,15 @@ class StableAudioModel:
             sigma_max = float(init_noise_level)
             x = mix_init(init_latents.to(self.dtype).expand_as(x), x, sigma_max)
         schedule = self.schedule(window, steps, sigma_max, dist_shift)
+        # The conditioning is the same at every step: the guided model computes its embeddings and
+        # cross-attention K/V once per conditioning batch (plain, CFG-doubled), again only when gates change weights.
         model_fn = GuidedModel(self.dit, conditioning, guidance)
         if lora_gates:
             self._check_gates(lora_gates)
             model_fn = _GatedModel(model_fn, self.lora, lora_gates)
-        # The conditioning is the same at every step: its embeddings and cross-attention K/V are computed once
-        # (weights changed by the gates are detected and their part recomputed).
         try:
-            with self.dit.reuse_step_constants():
-                latents = sample(model_fn, x, schedule, sampler=sampler or self.default_sampler, callback=callback,
-                                 generator=generator)
+            latents = sample(model_fn, x, schedule, sampler=sampler or self.default_sampler, callback=callback,
+                             generator=generator)
         finally:
             if lora_gates:
                 self.lora.clear_gates()
@@ -679,12 +679,12 @@ class _GatedModel:
     """A sampler's ``model_fn`` that sets the LoRA gates for each step's t before the DiT forward (the official
     DiT evaluates ``lora_configs`` at the top of its forward, from ``t[0]``)."""
 
-    def __init__(self, model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], stack: LoRAStack,
-                 gates: Sequence[LoRAGate]):
+    def __init__(self, model_fn: GuidedModel, stack: LoRAStack, gates: Sequence[LoRAGate]):
         self.model_fn, self.stack, self.gates = model_fn, stack, list(gates)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.stack.gate(t, self.gates)
+        if self.stack.gate(t, self.gates):  # weights changed: step constants computed from the old ones are stale
+            self.model_fn.forget_constants()
         return self.model_fn(x, t)
 
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from sa3_core.checkpoint import CheckpointError, load_text_encoder
 from sa3_core.config import ModelConfig
+from sa3_core.sampling import negative_token_mask
 from sa3_core.text import (
     Conditioners,
     PromptConditioner,
@@ -61,12 +62,12 @@ def test_conditioning_matches_official(fixtures_dir: Path, variant: str):
     hidden, mask = encoder.encode(prompts)
     out = _conditioners(folder)(hidden, mask, seconds)
 
-    assert out.prompt_embeddings.shape == (3, 256, 768)
-    assert rel_l2(out.prompt_embeddings, expected["prompt.embeddings"]) <= TOLERANCE
+    assert out.cross_attn_cond.shape == (3, 257, 768)
+    assert rel_l2(out.cross_attn_cond[:, :256], expected["prompt.embeddings"]) <= TOLERANCE
     assert torch.equal(out.prompt_mask, expected["prompt.mask"].bool())
-    assert rel_l2(out.seconds_embeddings, expected["seconds_total.embeddings"]) <= TOLERANCE
+    assert rel_l2(out.cross_attn_cond[:, 256:], expected["seconds_total.embeddings"]) <= TOLERANCE
     assert rel_l2(out.cross_attn_cond, expected["cross_attn_cond"]) <= TOLERANCE
-    assert torch.equal(out.cross_attn_mask, expected["cross_attn_mask"].bool())
+    assert torch.equal(negative_token_mask(out.prompt_mask), expected["cross_attn_mask"].bool())
     assert rel_l2(out.global_cond, expected["global_cond"]) <= TOLERANCE
 
 

@@ -8,7 +8,8 @@
 On a shared machine a before/after pair measured minutes apart mostly measures the other users. Here both
 versions run in one process on the SAME weight tensors (the old DiT is built on ``meta`` and assigned the
 new one's parameters), alternating A, B, A, B, ...; each round times ``--steps`` forwards with the same
-conditioning, the way a sampler calls the model (inside ``reuse_step_constants`` when the tree has it).
+conditioning, the way a sampler calls the model (its step constants computed once and passed to every
+forward; in older trees, inside their ``reuse_step_constants`` scope).
 The ratio of each adjacent pair is reported, then the median ratio. Outputs are compared too.
 
 Both wall time and process CPU time are reported. With ``--threads 1`` the CPU time is the work itself,
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import io
 import statistics
 import subprocess
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile-b", action="store_true", help="torch.compile B's DiT blocks")
-    parser.add_argument("--no-reuse-a", action="store_true", help="A without reuse_step_constants")
+    parser.add_argument("--no-reuse-a", action="store_true", help="A recomputing its step constants every forward")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,11 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         times = torch.linspace(1, 0.1, args.steps)
 
         def loop(model, reuse: bool = True) -> tuple[float, float, torch.Tensor]:
+            # Trees before explicit step constants reused them inside a ``reuse_step_constants()`` scope.
             scope = getattr(model, "reuse_step_constants", None) if reuse else None
+            explicit = reuse and scope is None and "constants" in inspect.signature(model.forward).parameters
             with torch.inference_mode(), (scope() if scope else _null()):
                 start, cpu = time.perf_counter(), time.process_time()
+                extra = dict(constants=model.step_constants(cross, glob, local, latents)) if explicit else {}
                 for t in times:
-                    out = model(x, t.expand(b), cross, glob, local, padding_mask=padding)
+                    out = model(x, t.expand(b), cross, glob, local, padding_mask=padding, **extra)
                 return ((time.perf_counter() - start) / args.steps, (time.process_time() - cpu) / args.steps, out)
 
         print(f"machine: {machine_summary()}")

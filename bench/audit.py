@@ -7,7 +7,8 @@ Checks:
   1. cfg 1 runs no unconditional pass (DiT batch size per call), cfg > 1 runs ONE doubled-batch pass per step.
   2. Text is encoded once per distinct prompt (T5Gemma sequences per call; repeated prompts; re-runs).
   3. A negative prompt is not encoded when cfg is 1 (it can have no effect).
-  4. Constant conditioning is not recomputed per step (calls of the step-invariant DiT modules).
+  4. Constant conditioning is not recomputed per step (calls of the step-invariant DiT modules: once per
+     conditioning batch the sampler uses, plain and CFG-doubled).
   5. No full-length attention masks (every attn_mask handed to SDPA at the real shapes, on ``meta``).
   6. SAME decode is chunked with bounded memory (chunk count; optional working-memory measurement).
   7. Models are offloaded when the next stage needs the memory (where that happens).
@@ -17,7 +18,6 @@ Each line says OK or WASTE. The tiny model is only used where counts do not depe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
 import sys
 from collections import Counter
@@ -106,18 +106,23 @@ def audit_calls(model: StableAudioModel) -> list[str]:
     lines.append(f"{verdict(sum(rows) == 1)} cfg 1 with a negative prompt: {sum(rows)} sequence(s) encoded "
                  f"(the negative cannot change a cfg-1 result{'' if sum(rows) == 1 else '; encoding it is wasted'})")
 
-    # 4. Constant conditioning per step.
+    # 4. Constant conditioning per step: computed once per conditioning batch the sampler uses (the plain one,
+    # and the CFG-doubled one; a CFG interval that ends before the last step uses both).
     layer = dit.transformer.layers[0]
-    for label, scope in (("generate()", contextlib.nullcontext), ("inside dit.reuse_step_constants()", dit.reuse_step_constants)):
-        with Hooks() as hooks, scope():
+    for label, request in (("cfg 1", {}), ("cfg 7", dict(cfg_scale=7.0)),
+                           ("cfg 7, cfg_interval (0.5, 1)", dict(cfg_scale=7.0, cfg_interval=(0.5, 1.0)))):
+        with Hooks() as hooks:
+            hooks.record("dit", dit, lambda args, kwargs: int(args[0].shape[0]))
             hooks.record("to_kv", layer.cross_attn.to_kv)
             hooks.record("local", layer.to_local_embed)
             hooks.record("cond", dit.to_cond_embed)
-            model.generate("warm piano", **common)
+            model.generate("warm piano", **common, **request)
+        variants = len(set(hooks.calls.pop("dit")))  # batch 1 (plain) and/or 2 (doubled)
         counts = {k: len(v) for k, v in hooks.calls.items()}
-        ok = all(c == 1 for c in counts.values())
-        lines.append(f"{verdict(ok)} {label}: per 8 steps, layer-0 cross-attn to_kv ran {counts['to_kv']}x, "
-                     f"to_local_embed {counts['local']}x, to_cond_embed {counts['cond']}x")
+        ok = all(c == variants for c in counts.values())
+        lines.append(f"{verdict(ok)} generate() {label}: per 8 steps on {variants} conditioning batch(es), layer-0 "
+                     f"cross-attn to_kv ran {counts['to_kv']}x, to_local_embed {counts['local']}x, "
+                     f"to_cond_embed {counts['cond']}x")
     return lines
 
 

@@ -81,12 +81,7 @@ def repeat_conditioning(cond: PromptConditioning, batch: int) -> PromptCondition
     """One prompt's conditioning for a batch of ``batch`` items with the same duration (a prompt's encoding
     does not depend on the rest of the batch, so this equals encoding it ``batch`` times)."""
     repeated = _map_tensors(cond, lambda t: t.expand(batch, *t.shape[1:]).clone())
-    return dataclasses.replace(
-        repeated,
-        durations=cond.durations * batch,
-        prompts=cond.prompts * batch,
-        negative_prompts=None if cond.negative_prompts is None else cond.negative_prompts * batch,
-    )
+    return dataclasses.replace(repeated, durations=cond.durations * batch)
 
 
 def audio_input(audio: dict[str, Any], node: str, name: str) -> tuple[int, torch.Tensor]:

@@ -155,7 +155,6 @@ class SA3Model:
     # -- loading ------------------------------------------------------------------------------------
 
     @classmethod
-    @torch.inference_mode(False)  # weights are not inference tensors: see load_parts
     def load(cls, path: Path, *, text_encoder: Path | None, dtype: str, attention: str, base: bool,
              weights: str = "default") -> "SA3Model":
         load_device = mm.get_torch_device()
@@ -182,13 +181,8 @@ class SA3Model:
         }
         return cls(core=core, name=path.name, parts=parts, base_parts=dict(parts))
 
-    @torch.inference_mode(False)
     def load_parts(self, *names: str, memory_required: int = 0) -> None:
-        """Have ComfyUI put these parts (with this model's LoRA patches) on the compute device.
-
-        ComfyUI runs nodes under ``torch.inference_mode()``; weights created there (loaded, moved or LoRA-patched)
-        would be inference tensors, whose version counter sa3_core's step-constant cache reads (and which
-        raise on that). So weights are created outside inference mode (requests_nodes.md item 3)."""
+        """Have ComfyUI put these parts (with this model's LoRA patches) on the compute device."""
         patchers = [self.parts[n] for n in names]
         try:
             mm.load_models_gpu(patchers, memory_required=memory_required)  # partially where VRAM is short

@@ -106,18 +106,15 @@ class SecondsConditioner(nn.Module):
 
 @dataclass
 class Conditioning:
-    """The conditioning tensors the DiT consumes, plus the per-conditioner outputs they came from.
+    """The conditioning tensors the DiT consumes.
 
     ``cross_attn_cond`` = prompt tokens 0..255 then the seconds token (B, 257, 768); ``global_cond`` =
-    the seconds embedding (B, 768). ``cross_attn_mask`` is informational: the DiT attends to all 257
-    tokens (the official code drops this mask).
+    the seconds embedding (B, 768). The DiT attends to all 257 tokens (the official code drops their mask);
+    ``prompt_mask`` only shapes the unconditional context of a negative prompt.
     """
 
-    prompt_embeddings: torch.Tensor  # (B, 256, 768)
-    prompt_mask: torch.Tensor  # (B, 256) bool
-    seconds_embeddings: torch.Tensor  # (B, 1, 768)
     cross_attn_cond: torch.Tensor  # (B, 257, 768)
-    cross_attn_mask: torch.Tensor  # (B, 257) bool
+    prompt_mask: torch.Tensor  # (B, 256) bool
     global_cond: torch.Tensor  # (B, 768)
 
 
@@ -147,15 +144,9 @@ class Conditioners(nn.Module):
                 seconds: Sequence[float] | torch.Tensor) -> Conditioning:
         """Text-encoder output (B, 256, 768) + mask and B durations -> the DiT's conditioning inputs."""
         prompt, mask = self.prompt(prompt_hidden, prompt_mask)
-        seconds_emb, seconds_mask = self.seconds_total(seconds)
+        seconds_emb, _ = self.seconds_total(seconds)
         if seconds_emb.shape[0] != prompt.shape[0]:
             raise ValueError(f"{prompt.shape[0]} prompts but {seconds_emb.shape[0]} durations")
         seconds_emb = seconds_emb.to(device=prompt.device, dtype=prompt.dtype)
-        return Conditioning(
-            prompt_embeddings=prompt,
-            prompt_mask=mask,
-            seconds_embeddings=seconds_emb,
-            cross_attn_cond=torch.cat([prompt, seconds_emb], dim=1),
-            cross_attn_mask=torch.cat([mask, seconds_mask.to(mask.device)], dim=1),
-            global_cond=seconds_emb.squeeze(1),
-        )
+        return Conditioning(cross_attn_cond=torch.cat([prompt, seconds_emb], dim=1), prompt_mask=mask,
+                            global_cond=seconds_emb.squeeze(1))

@@ -361,11 +361,20 @@ class ConditioningConfig:
 
 
 @dataclass(frozen=True)
-class SamplingShiftConfig:
-    """``sampling_distribution_shift_options``; None in every released config (LogSNR, rate 0)."""
+class Recommendation:
+    """How the official docs and interface sample a model by default (what ``generate`` uses when the
+    caller leaves steps, cfg_scale or the sampler unset)."""
 
-    type: str = "logsnr"
-    options: tuple[tuple[str, Any], ...] = ()
+    steps: int
+    cfg_scale: float
+    sampler: str
+
+
+RECOMMENDATIONS: Mapping[str, Recommendation] = {
+    "rf_denoiser": Recommendation(steps=8, cfg_scale=1.0, sampler="pingpong"),  # post-trained (distilled)
+    "rectified_flow": Recommendation(steps=50, cfg_scale=7.0, sampler="euler"),  # the -base models
+}
+"""Per ``diffusion_objective``: the objectives SA3 models are trained with, and how to sample each."""
 
 
 @dataclass(frozen=True)
@@ -393,8 +402,8 @@ class ModelConfig:
         return self.diffusion_objective == "rectified_flow"
 
     @property
-    def default_sampler(self) -> str:
-        return "euler" if self.is_base else "pingpong"
+    def recommended(self) -> Recommendation:
+        return RECOMMENDATIONS[self.diffusion_objective]
 
     @property
     def max_seconds(self) -> float:
@@ -415,7 +424,7 @@ class ModelConfig:
         pre.finish()
         conditioning = ConditioningConfig.parse(model.section("conditioning"))
         diff = model.section("diffusion")
-        objective = diff.expect("diffusion_objective", ("rf_denoiser", "rectified_flow"))
+        objective = diff.expect("diffusion_objective", tuple(RECOMMENDATIONS))
         diff.expect("cross_attention_cond_ids", (["prompt", "seconds_total"],))
         diff.expect("global_cond_ids", (["seconds_total"],))
         diff.expect("local_add_cond_ids", (["inpaint_mask", "inpaint_masked_input"],))

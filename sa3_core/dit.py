@@ -22,10 +22,7 @@ for "flash" (official CUDA varlen path; the feed-forward of padded rows is zeroe
 
 from __future__ import annotations
 
-import contextlib
-import weakref
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -122,12 +119,6 @@ class DiTBlock(nn.Module):
             h = h * padding_mask[..., None].to(h.dtype)
         return x + h * torch.sigmoid(1 - gate_ff)
 
-    def step_invariant_parameters(self) -> Iterator[nn.Parameter]:
-        """The parameters :meth:`constants` reads."""
-        yield from self.cross_attn.to_kv.parameters()
-        yield from self.cross_attn.k_norm.parameters()
-        yield from self.to_local_embed.parameters()
-
 
 @dataclass(frozen=True)
 class BlockConstants:
@@ -139,53 +130,12 @@ class BlockConstants:
 
 @dataclass(frozen=True)
 class StepConstants:
-    """Everything a DiT forward computes from the conditioning alone (see ``reuse_step_constants``)."""
+    """Everything a DiT forward computes from the conditioning alone, for one batch of conditioning: the
+    same at every sampling step (:meth:`DiffusionTransformer.step_constants`)."""
 
-    global_embed: torch.Tensor  # to_global_embed(global_cond), before the timestep is added
+    global_embed: torch.Tensor  # to_global_embed(global_cond), (B, E), before the timestep is added
     blocks: tuple[BlockConstants, ...]
-
-
-def _version(param: torch.Tensor) -> int | None:
-    """A parameter's in-place version counter; inference tensors (weights created under
-    ``torch.inference_mode``, as ComfyUI may) have none and cannot be modified in place, so None."""
-    return None if param.is_inference() else param._version
-
-
-class _StepConstantCache:
-    """Step constants of recent conditioning inputs, valid while the same weights are in place.
-
-    An entry is found by the identity of the input tensors (weak references: a freed tensor never
-    matches, and its address may be reused) and is valid only while every parameter the constants were
-    computed from is the same object with the same version counter, so a LoRA swapping or updating
-    weights between steps (per-step gating) is seen. Parameters changed through ``.data`` are not seen:
-    do not do that inside the scope.
-    """
-
-    def __init__(self, capacity: int = 4):
-        self.capacity = capacity  # plain and CFG-doubled conditioning when the CFG interval toggles
-        self._entries: list[tuple[tuple, tuple, StepConstants]] = []
-
-    @staticmethod
-    def _inputs_match(refs: tuple, inputs: tuple) -> bool:
-        return all((ref is None and t is None) or (ref is not None and ref() is t) for ref, t in zip(refs, inputs))
-
-    @staticmethod
-    def _params_match(signature: tuple, params: list[nn.Parameter]) -> bool:
-        return len(signature) == len(params) and all(
-            ref() is p and version == _version(p) for (ref, version), p in zip(signature, params))
-
-    def get(self, inputs: tuple, params: list[nn.Parameter]) -> StepConstants | None:
-        for refs, signature, constants in self._entries:
-            if self._inputs_match(refs, inputs) and self._params_match(signature, params):
-                return constants
-        return None
-
-    def put(self, inputs: tuple, params: list[nn.Parameter], constants: StepConstants) -> None:
-        refs = tuple(None if t is None else weakref.ref(t) for t in inputs)
-        signature = tuple((weakref.ref(p), _version(p)) for p in params)
-        self._entries = [e for e in self._entries if not self._inputs_match(e[0], inputs)]
-        self._entries.append((refs, signature, constants))
-        del self._entries[:-self.capacity]
+    latents: int  # the latent length L the inpaint embeddings were aligned to
 
 
 class DiTTransformer(nn.Module):
@@ -282,7 +232,6 @@ class DiffusionTransformer(nn.Module):
         self.preprocess_conv = operations.Conv1d(channels, channels, 1, bias=False, device=device, dtype=dtype)
         self.postprocess_conv = operations.Conv1d(channels, channels, 1, bias=False, device=device, dtype=dtype)
         self._attention_backend = attention_backend
-        self._step_cache: _StepConstantCache | None = None  # set only inside reuse_step_constants()
 
     @property
     def attention_backend(self) -> str:
@@ -299,29 +248,6 @@ class DiffusionTransformer(nn.Module):
     def _dtype(self) -> torch.dtype:
         return self.compute_dtype or self.transformer.project_in.weight.dtype
 
-    @contextlib.contextmanager
-    def reuse_step_constants(self) -> Iterator[None]:
-        """Within this block, forwards given the same conditioning tensors (the same objects, as a sampler
-        passes them every step) compute the step-invariant work once: the prompt embedding, every layer's
-        cross-attention keys/values and inpaint embedding (about 10% of small-music's FLOPs at 30 s) and
-        the global embedding. Results are identical. The cached tensors are freed on exit; nested use is
-        fine. Weight changes are detected (see ``_StepConstantCache``), so per-step LoRA gating stays right.
-        """
-        if self._step_cache is not None:
-            yield
-            return
-        self._step_cache = _StepConstantCache()
-        try:
-            yield
-        finally:
-            self._step_cache = None
-
-    def _step_invariant_parameters(self) -> list[nn.Parameter]:
-        params = [*self.to_cond_embed.parameters(), *self.to_global_embed.parameters()]
-        for layer in self.transformer.layers:
-            params.extend(layer.step_invariant_parameters())
-        return params
-
     def step_constants(
         self,
         cross_attn_cond: torch.Tensor,
@@ -329,7 +255,10 @@ class DiffusionTransformer(nn.Module):
         local_add_cond: torch.Tensor | None,
         latents: int,
     ) -> StepConstants:
-        """The step-invariant part of a forward (see :meth:`forward` for the shapes)."""
+        """The step-invariant part of a forward (see :meth:`forward` for the shapes): the prompt embedding,
+        every layer's cross-attention keys/values and inpaint embedding (about 10% of small-music's FLOPs at
+        30 s) and the global embedding. A sampler computes them once per conditioning batch and passes them
+        to every step's forward (``constants=``); the result is bit-identical to recomputing them."""
         dtype = self._dtype()
         context = self.to_cond_embed(cross_attn_cond.to(dtype))
         global_embed = self.to_global_embed(global_cond.to(dtype))
@@ -337,19 +266,7 @@ class DiffusionTransformer(nn.Module):
             local_add_cond = local_add_cond.to(dtype).transpose(1, 2)
         tokens = latents + self.transformer.num_memory_tokens
         blocks = tuple(layer.constants(context, local_add_cond, tokens) for layer in self.transformer.layers)
-        return StepConstants(global_embed, blocks)
-
-    def _cached_step_constants(self, cross_attn_cond, global_cond, local_add_cond, latents: int) -> StepConstants:
-        cache = self._step_cache
-        if cache is None:
-            return self.step_constants(cross_attn_cond, global_cond, local_add_cond, latents)
-        inputs = (cross_attn_cond, global_cond, local_add_cond)
-        params = self._step_invariant_parameters()
-        constants = cache.get(inputs, params)
-        if constants is None:
-            constants = self.step_constants(cross_attn_cond, global_cond, local_add_cond, latents)
-            cache.put(inputs, params, constants)
-        return constants
+        return StepConstants(global_embed, blocks, latents)
 
     def forward(
         self,
@@ -359,6 +276,8 @@ class DiffusionTransformer(nn.Module):
         global_cond: torch.Tensor,
         local_add_cond: torch.Tensor | None = None,
         padding_mask: torch.Tensor | None = None,
+        *,
+        constants: StepConstants | None = None,
     ) -> torch.Tensor:
         """One model evaluation.
 
@@ -371,6 +290,8 @@ class DiffusionTransformer(nn.Module):
                 memory + latent sequence, as officially, so a longer one (an odd SAME-S window's inpaint
                 source, L + 1) reaches one step into the memory tokens.
             padding_mask: (B, L) bool, True = valid frame; None = no masking.
+            constants: :meth:`step_constants` of this very conditioning, computed once for a whole sampling
+                run; None computes them here.
 
         Returns:
             velocity ``v`` (B, 256, L) in the compute dtype.
@@ -379,7 +300,11 @@ class DiffusionTransformer(nn.Module):
         x = x.to(dtype)
         if t.dim() == 0:
             t = t.expand(x.shape[0])
-        constants = self._cached_step_constants(cross_attn_cond, global_cond, local_add_cond, x.shape[-1])
+        if constants is None:
+            constants = self.step_constants(cross_attn_cond, global_cond, local_add_cond, x.shape[-1])
+        elif constants.global_embed.shape[0] != x.shape[0] or constants.latents != x.shape[-1]:
+            raise ValueError(f"step constants of {constants.global_embed.shape[0]} x {constants.latents} latents "
+                             f"for an input of {x.shape[0]} x {x.shape[-1]}")
         # The timestep is quantised to the model dtype before the Fourier features, as officially.
         timestep = self.to_timestep_embed(self.timestep_features(t.to(dtype)[:, None]))
         if padding_mask is not None:
@@ -395,32 +320,3 @@ class DiffusionTransformer(nn.Module):
             zero_padded_ff=flash,
         ).transpose(1, 2)
         return self.postprocess_conv(out) + out
-
-    def forward_with_uncond(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        cross_attn_cond: torch.Tensor,
-        uncond_cross_attn_cond: torch.Tensor,
-        global_cond: torch.Tensor,
-        local_add_cond: torch.Tensor | None = None,
-        padding_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conditional and unconditional velocities from ONE forward on a doubled batch (batched CFG).
-
-        Only the cross-attention context differs between the halves (the official CFG uses zeros or the
-        negative prompt there); everything else is repeated. Returns ``(v_cond, v_uncond)``, each (B, 256, L).
-        """
-
-        def twice(tensor: torch.Tensor | None) -> torch.Tensor | None:
-            return None if tensor is None else torch.cat([tensor, tensor], dim=0)
-
-        out = self(
-            twice(x),
-            twice(t),
-            torch.cat([cross_attn_cond, uncond_cross_attn_cond.to(cross_attn_cond)], dim=0),
-            twice(global_cond),
-            twice(local_add_cond),
-            twice(padding_mask),
-        )
-        return out.chunk(2, dim=0)

@@ -288,11 +288,11 @@ class LoRAStack:
             self._dora_mode = dora_mode
             self._refresh(affected)
 
-    def gate(self, t: float | Tensor, gates: Sequence[LoRAGate]) -> None:
+    def gate(self, t: float | Tensor, gates: Sequence[LoRAGate]) -> bool:
         """Per-step gating of the DiT's LoRAs at diffusion time ``t`` (call before each DiT forward).
 
         Gates are applied in order (a later gate for the same LoRA wins). LoRAs that no gate names are
-        enabled. Only modules whose state changes are recomputed.
+        enabled. Only modules whose state changes are recomputed. Returns whether any weight changed.
         """
         self.check_gates(gates)
         disabled: set[tuple[int, str, str]] = set()
@@ -310,7 +310,7 @@ class LoRAStack:
                         disabled.discard(switch)
                     else:
                         disabled.add(switch)
-        self._set_disabled(disabled)
+        return self._set_disabled(disabled)
 
     def check_gates(self, gates: Sequence[LoRAGate]) -> None:
         """Raise if a gate names a LoRA that is not loaded or has no (low, high) interval."""
@@ -324,13 +324,14 @@ class LoRAStack:
         """Enable every LoRA on every module again (after a gated generation)."""
         self._set_disabled(set())
 
-    def _set_disabled(self, disabled: set[tuple[int, str, str]]) -> None:
+    def _set_disabled(self, disabled: set[tuple[int, str, str]]) -> bool:
         changed = disabled ^ self._disabled
         affected = [key for key, layers in self._plan.items() if any((a.lora_index, *key) in changed for a in layers)]
         self._check_untouched(affected)
         with self._all_or_nothing(affected):
             self._disabled = disabled
             self._refresh(affected)
+        return bool(affected)
 
     # -- effective weights and unloading ------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from . import audio_prep, hub, inpaint, output, validation
+from . import audio_prep, hub, inpaint, official_args, output, validation
 from .checkpoint import SA3Components, load_components
 from .conditioners import Conditioning
 from .config import ModelConfig
@@ -101,8 +101,6 @@ class PromptConditioning:
     positive: Conditioning
     negative: Conditioning | None
     durations: tuple[float, ...]
-    prompts: tuple[str, ...] = ()
-    negative_prompts: tuple[str, ...] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -185,19 +183,20 @@ class StableAudioModel:
         """The longest duration this model generates (the config's ``sample_size``, 120 s for SA3)."""
         return self.config.max_seconds
 
+    # The official recommendations (sa3_core.config.RECOMMENDATIONS): 8 steps, cfg 1 (no guidance) and
+    # ping-pong for the post-trained models; 50 steps, cfg 7 and Euler for the -base models.
+
     @property
     def default_sampler(self) -> str:
-        return self.config.default_sampler
+        return self.config.recommended.sampler
 
     @property
     def default_steps(self) -> int:
-        """8 for the post-trained models (ping-pong), 50 for the -base models (Euler), as the official docs."""
-        return 8 if self.config.diffusion_objective == "rf_denoiser" else 50
+        return self.config.recommended.steps
 
     @property
     def default_cfg_scale(self) -> float:
-        """1 (no guidance) for the distilled models, 7 for the -base models (official recommendation)."""
-        return 1.0 if self.config.diffusion_objective == "rf_denoiser" else 7.0
+        return self.config.recommended.cfg_scale
 
     # -- stage 1: the window --------------------------------------------------------------------------
 
@@ -253,8 +252,6 @@ class StableAudioModel:
             positive=condition(prompts),
             negative=condition(negative_prompts) if negative_prompts is not None else None,
             durations=tuple(float(d) for d in durations),
-            prompts=tuple(prompts),
-            negative_prompts=tuple(negative_prompts) if negative_prompts is not None else None,
         )
 
     # -- stage 4: audio inputs ------------------------------------------------------------------------
@@ -379,16 +376,15 @@ class StableAudioModel:
             sigma_max = float(init_noise_level)
             x = mix_init(init_latents.to(self.dtype).expand_as(x), x, sigma_max)
         schedule = self.schedule(window, steps, sigma_max, dist_shift)
+        # The conditioning is the same at every step: the guided model computes its embeddings and
+        # cross-attention K/V once per conditioning batch (plain, CFG-doubled), again only when gates change weights.
         model_fn = GuidedModel(self.dit, conditioning, guidance)
         if lora_gates:
             self._check_gates(lora_gates)
             model_fn = _GatedModel(model_fn, self.lora, lora_gates)
-        # The conditioning is the same at every step: its embeddings and cross-attention K/V are computed once
-        # (weights changed by the gates are detected and their part recomputed).
         try:
-            with self.dit.reuse_step_constants():
-                latents = sample(model_fn, x, schedule, sampler=sampler or self.default_sampler, callback=callback,
-                                 generator=generator)
+            latents = sample(model_fn, x, schedule, sampler=sampler or self.default_sampler, callback=callback,
+                             generator=generator)
         finally:
             if lora_gates:
                 self.lora.clear_gates()
@@ -491,15 +487,9 @@ class StableAudioModel:
         whose name contains a ``layer_filter`` entry (comma-separated, ``layers[0-5]`` ranges). LoRAs no entry
         names, and the conditioner's LoRAs, act at every step. After the call every LoRA is on again.
         """
-        if sigma_max is not None and sigma_max != 1.0:
-            raise ValueError("sigma_max is not used by SA3's rectified-flow samplers; use init_noise_level with init_audio")
-        if conditioning is not None:
-            prompt, duration = _from_conditioning_dicts(conditioning, "conditioning")
-            batch_size = len(prompt)
-        if negative_conditioning is not None:
-            negative_prompt, _ = _from_conditioning_dicts(negative_conditioning, "negative_conditioning")
-        if prompt is None and conditioning_tensors is not None:
-            prompt = ""  # unused: the tensors replace the text encoding
+        prompt, negative_prompt, duration, batch_size = official_args.plain_request(
+            prompt, negative_prompt, duration, batch_size, conditioning=conditioning,
+            negative_conditioning=negative_conditioning, conditioning_tensors=conditioning_tensors, sigma_max=sigma_max)
         # 1. Validate the whole request before any work.
         if prompt is None:
             raise ValueError("prompt is required")
@@ -561,13 +551,13 @@ class StableAudioModel:
         """Encode the prompts, unless the caller passed precomputed (official-format) tensors."""
         need_text = tensors is None or (negatives is not None and negative_tensors is None)
         encoded = self.encode_prompts(prompts, durations, negatives if need_text else None) if need_text else None
-        positive = conditioning_from_tensors(tensors, len(durations)) if tensors is not None else encoded.positive
+        batch = len(durations)
+        positive = official_args.conditioning_from_tensors(tensors, batch) if tensors is not None else encoded.positive
         if negative_tensors is not None:
-            negative = conditioning_from_tensors(negative_tensors, len(durations))
+            negative = official_args.conditioning_from_tensors(negative_tensors, batch)
         else:
             negative = encoded.negative if encoded is not None else None
-        return PromptConditioning(positive=positive, negative=negative, durations=tuple(float(d) for d in durations),
-                                  prompts=tuple(prompts), negative_prompts=tuple(negatives) if negatives else None)
+        return PromptConditioning(positive=positive, negative=negative, durations=tuple(float(d) for d in durations))
 
     def _build_inpaint(self, window: Window, inpaint_audio: AudioInput | None,
                        regions: list[Region] | None, mask: torch.Tensor | None) -> torch.Tensor:
@@ -635,51 +625,15 @@ class _GatedModel:
     """A sampler's ``model_fn`` that sets the LoRA gates for each step's t before the DiT forward (the official
     DiT evaluates ``lora_configs`` at the top of its forward, from ``t[0]``)."""
 
-    def __init__(self, model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], stack: LoRAStack,
-                 gates: Sequence[LoRAGate]):
+    def __init__(self, model_fn: GuidedModel, stack: LoRAStack, gates: Sequence[LoRAGate]):
         self.model_fn, self.stack, self.gates = model_fn, stack, list(gates)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.stack.gate(t, self.gates)
+        if self.stack.gate(t, self.gates):  # weights changed: step constants computed from the old ones are stale
+            self.model_fn.forget_constants()
         return self.model_fn(x, t)
 
 
-def conditioning_from_tensors(tensors: Mapping[str, Any], batch_size: int) -> Conditioning:
-    """An official ``conditioning_tensors`` dict (``{"prompt": (emb (B, 256, 768), mask (B, 256)),
-    "seconds_total": (emb (B, 1, 768), mask (B, 1))}``, as its ``model.conditioner(...)`` returns) as a
-    :class:`Conditioning`."""
-    try:
-        prompt, prompt_mask = tensors["prompt"]
-        seconds, seconds_mask = tensors["seconds_total"]
-    except (KeyError, TypeError, ValueError):
-        raise ValueError('conditioning tensors must map "prompt" and "seconds_total" to (embeddings, mask) pairs') from None
-    if seconds.ndim == 2:
-        seconds, seconds_mask = seconds[:, None], seconds_mask[:, None]
-    if prompt.ndim != 3 or prompt.shape[0] != batch_size or seconds.shape[0] != batch_size:
-        raise ValueError(f"conditioning tensors of shapes {tuple(prompt.shape)} / {tuple(seconds.shape)} do not fit "
-                         f"a batch of {batch_size}")
-    seconds = seconds.to(device=prompt.device, dtype=prompt.dtype)
-    prompt_mask = prompt_mask.bool()
-    return Conditioning(
-        prompt_embeddings=prompt, prompt_mask=prompt_mask, seconds_embeddings=seconds,
-        cross_attn_cond=torch.cat([prompt, seconds], dim=1),
-        cross_attn_mask=torch.cat([prompt_mask, seconds_mask.bool().to(prompt_mask.device)], dim=1),
-        global_cond=seconds.squeeze(1),
-    )
-
-
-def _from_conditioning_dicts(dicts: Sequence[Mapping[str, Any]], name: str) -> tuple[list[str], list[float]]:
-    """Official conditioning dicts -> (prompts, durations)."""
-    if isinstance(dicts, Mapping) or not dicts:
-        raise ValueError(f"{name} must be a non-empty list of {{'prompt': ..., 'seconds_total': ...}} dicts")
-    prompts, durations = [], []
-    for i, entry in enumerate(dicts):
-        unknown = set(entry) - {"prompt", "seconds_total"}
-        if unknown or "prompt" not in entry:
-            raise ValueError(f"{name}[{i}]: expected keys 'prompt' and 'seconds_total', got {sorted(entry)}")
-        prompts.append(entry["prompt"])
-        durations.append(entry.get("seconds_total", 120))
-    return prompts, durations
 
 
 def _refuse_non_finite_inputs(conditioning: DiTConditioning, init_latents: torch.Tensor | None) -> None:

@@ -1,8 +1,8 @@
 """Timestep schedules, samplers and classifier-free guidance for SA3 (rectified flow).
 
 Everything here is a pure function of tensors: no weights, no global state. The DiT is only seen
-through ``model_fn(x, t) -> v`` (samplers) or ``dit(x, t, cross_attn_cond, global_cond,
-local_add_cond, padding_mask=None) -> v`` (guidance).
+through ``model_fn(x, t) -> v`` (samplers) or, for guidance, :class:`DiT`: ``dit.step_constants(conditioning)``
+once per conditioning batch and ``dit(x, t, conditioning, constants=...) -> v`` every step.
 
 Conventions (official SA3, ``inference/sampling.py`` and ``models/dit.py`` at 636f906):
 
@@ -37,11 +37,6 @@ exception) aborts sampling: the exception propagates unchanged, nothing is left 
 samplers hold no state outside the call."""
 
 SAMPLERS: tuple[str, ...] = ("pingpong", "euler", "rk4", "dpmpp")
-
-
-def default_sampler(diffusion_objective: str) -> str:
-    """The official automatic choice: pingpong for post-trained ``rf_denoiser``, euler for base models."""
-    return "pingpong" if diffusion_objective == "rf_denoiser" else "euler"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -540,6 +535,28 @@ def guide(
     return v.to(x.dtype)
 
 
+class DiT(Protocol):
+    """What guidance needs of the network (:class:`sa3_core.dit.DiffusionTransformer`): its step-invariant
+    work computed once per conditioning batch, and a forward that takes it back."""
+
+    def step_constants(self, cross_attn_cond: torch.Tensor, global_cond: torch.Tensor,
+                       local_add_cond: torch.Tensor | None, latents: int) -> Any: ...
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cross_attn_cond: torch.Tensor, global_cond: torch.Tensor,
+                 local_add_cond: torch.Tensor | None = None, padding_mask: torch.Tensor | None = None, *,
+                 constants: Any = None) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class _Variant:
+    """One batch of DiT conditioning: the plain batch, or the CFG-doubled [cond, uncond] one."""
+
+    cross_attn_cond: torch.Tensor
+    global_cond: torch.Tensor
+    local_add_cond: torch.Tensor
+    padding_mask: torch.Tensor | None
+
+
 class GuidedModel:
     """``model_fn(x, t)`` for the samplers: one DiT forward per call, with batched CFG when active.
 
@@ -547,23 +564,33 @@ class GuidedModel:
     on a 2B batch: [x, x], [t, t], [positive context, :func:`unconditional_context`], and the global, local
     and padding conditioning duplicated; then :func:`guide` combines the halves. Otherwise it runs once on
     the plain B batch and the negative prompt is not used at all. The doubled conditioning is built once.
+
+    Each variant's step constants (``dit.step_constants``: what the forward derives from the conditioning
+    alone) are computed at its first step and passed to every later forward; a variant never used costs
+    nothing. :meth:`forget_constants` drops them, for when the weights they came from change (per-step
+    LoRA gating).
     """
 
-    def __init__(self, dit: Callable[..., torch.Tensor], cond: DiTConditioning, options: GuidanceOptions = GuidanceOptions()):
+    def __init__(self, dit: DiT, cond: DiTConditioning, options: GuidanceOptions = GuidanceOptions()):
         self.dit = dit
         self.cond = cond
         self.options = options
-        self._batched: tuple[torch.Tensor, ...] | None = None
-        self._batched_mask: torch.Tensor | None = None
+        plain = _Variant(cond.cross_attn_cond, cond.global_cond, cond.local_add_cond, cond.padding_mask)
+        self._variants = {"plain": plain}
         if options.cfg_scale != 1.0:
             uncond = unconditional_context(cond.cross_attn_cond, cond.negative_cross_attn_cond, cond.negative_cross_attn_mask)
-            self._batched = (
+            mask = cond.padding_mask
+            self._variants["doubled"] = _Variant(
                 torch.cat([cond.cross_attn_cond, uncond]),
                 torch.cat([cond.global_cond, cond.global_cond]),
                 torch.cat([cond.local_add_cond, cond.local_add_cond]),
+                None if mask is None else torch.cat([mask, mask]),
             )
-            if cond.padding_mask is not None:
-                self._batched_mask = torch.cat([cond.padding_mask, cond.padding_mask])
+        self._constants: dict[str, Any] = {}  # variant name -> its step constants, once computed
+
+    def forget_constants(self) -> None:
+        """Recompute the step constants at the next step (the weights they were computed from changed)."""
+        self._constants.clear()
 
     def guidance_active(self, t: torch.Tensor) -> bool:
         if self.options.cfg_scale == 1.0:
@@ -572,12 +599,16 @@ class GuidedModel:
         first = t[0].float()  # compared in float32, like the official tensor comparison
         return bool((first >= lo) & (first <= hi))
 
+    def _forward(self, variant: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        c = self._variants[variant]
+        if variant not in self._constants:
+            self._constants[variant] = self.dit.step_constants(c.cross_attn_cond, c.global_cond, c.local_add_cond,
+                                                               x.shape[-1])
+        return self.dit(x, t, c.cross_attn_cond, c.global_cond, c.local_add_cond, padding_mask=c.padding_mask,
+                        constants=self._constants[variant])
+
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        c = self.cond
         if not self.guidance_active(t):
-            return self.dit(x, t, c.cross_attn_cond, c.global_cond, c.local_add_cond, padding_mask=c.padding_mask)
-        assert self._batched is not None
-        cross, glob, local = self._batched
-        out = self.dit(torch.cat([x, x]), torch.cat([t, t]), cross, glob, local, padding_mask=self._batched_mask)
-        v_cond, v_uncond = out.chunk(2, dim=0)
-        return guide(x, t, v_cond, v_uncond, self.options, c.padding_mask)
+            return self._forward("plain", x, t)
+        v_cond, v_uncond = self._forward("doubled", torch.cat([x, x]), torch.cat([t, t])).chunk(2, dim=0)
+        return guide(x, t, v_cond, v_uncond, self.options, self.cond.padding_mask)

@@ -28,7 +28,8 @@ from sa3_core.checkpoint import (
     module_shapes,
     preset_config,
 )
-from sa3_core.config import ModelConfig
+from sa3_core.config import RECOMMENDATIONS, ModelConfig, Recommendation
+from sa3_core.sampling import SAMPLERS
 from sa3_core.t5gemma import T5GemmaTextEncoder
 from sa3_core.tiny import tiny_sentencepiece_model
 
@@ -293,7 +294,11 @@ def test_presets_give_the_real_checkpoint_shapes(fixtures_dir: Path):
 def test_preset_base_flag():
     assert preset_config("small").diffusion_objective == "rf_denoiser"
     base = preset_config("medium", base=True)
-    assert base.is_base and base.default_sampler == "euler" and base.variant == "medium"
+    assert base.is_base and base.variant == "medium"
+    # The official recommendations: distilled models sample with 8 ping-pong steps without guidance.
+    assert preset_config("small").recommended == Recommendation(steps=8, cfg_scale=1.0, sampler="pingpong")
+    assert base.recommended == Recommendation(steps=50, cfg_scale=7.0, sampler="euler")
+    assert all(r.sampler in SAMPLERS for r in RECOMMENDATIONS.values())
     with pytest.raises(ValueError, match="unknown SA3 variant"):
         preset_config("large")
 

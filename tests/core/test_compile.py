@@ -2,7 +2,7 @@
 
 Inductor (the default backend) needs minutes of C++ compilation on this CPU, so the test traces the blocks
 with dynamo's "eager" backend: that exercises everything compile changes on our side (tracing our
-modules, the step-constant cache and LoRA under dynamo, the state dict) while running the same kernels, so
+modules, the step constants and LoRA under dynamo, the state dict) while running the same kernels, so
 the outputs must be identical. Inductor's speed and numerics are measured by bench/ab_dit.py and
 bench/ab_decode.py (bench/README.md).
 """

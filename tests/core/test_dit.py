@@ -100,7 +100,10 @@ def test_batched_cfg_equals_separate_calls(fixtures_dir: Path) -> None:
     mask[1, 18:] = False
     args = (c["dit.x"], c["dit.t"])
     with torch.no_grad():
-        v_cond, v_uncond = model.forward_with_uncond(*args, c["cross_attn_cond"], uncond, c["global_cond"], c["local_add_cond"], mask)
+        twice = lambda tensor: torch.cat([tensor, tensor])  # noqa: E731
+        batched = model(twice(c["dit.x"]), twice(c["dit.t"]), torch.cat([c["cross_attn_cond"], uncond]),
+                        twice(c["global_cond"]), twice(c["local_add_cond"]), twice(mask))
+        v_cond, v_uncond = batched.chunk(2)
         sep_cond = model(*args, c["cross_attn_cond"], c["global_cond"], c["local_add_cond"], mask)
         sep_uncond = model(*args, uncond, c["global_cond"], c["local_add_cond"], mask)
     assert torch.allclose(v_cond, sep_cond, atol=1e-5)

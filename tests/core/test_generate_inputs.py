@@ -204,7 +204,8 @@ def test_official_low_level_conditioning_paths(model: StableAudioModel) -> None:
     encoded = model.encode_prompts(["piano", "drums"], [2.0, 1.5], ["noise", "loud"])
 
     def official(c):  # the dict the official model.conditioner(...) returns
-        return {"prompt": (c.prompt_embeddings, c.prompt_mask), "seconds_total": (c.seconds_embeddings, torch.ones(2, 1))}
+        prompt, seconds = c.cross_attn_cond[:, :256], c.cross_attn_cond[:, 256:]
+        return {"prompt": (prompt, c.prompt_mask), "seconds_total": (seconds, torch.ones(2, 1))}
 
     tensors = model.generate(conditioning_tensors=official(encoded.positive),
                              negative_conditioning_tensors=official(encoded.negative),

@@ -294,19 +294,27 @@ def test_sampler_errors():
         S.sample(toy_model, _x(), _schedule(), sampler="heun")
     with pytest.raises(ValueError, match="does not fit"):
         S.sample(toy_model, _x(), torch.ones(2, 5))
-    assert S.default_sampler("rf_denoiser") == "pingpong" and S.default_sampler("rectified_flow") == "euler"
 
 
 # ------------------------------------------------------------------------------------------ guidance
 
 
 class MockDiT:
-    """Deterministic per-item stand-in for the DiT that records every call."""
+    """Deterministic per-item stand-in for the DiT that records every call; its "step constants" are the
+    conditioning they were made from, so a forward can check it got the ones of its own conditioning."""
 
     def __init__(self):
         self.calls: list[dict] = []
+        self.constants_made = 0
 
-    def __call__(self, x, t, cross, glob, local, padding_mask=None):
+    def step_constants(self, cross, glob, local, latents):
+        self.constants_made += 1
+        return (cross, glob, local, latents)
+
+    def __call__(self, x, t, cross, glob, local, padding_mask=None, constants=None):
+        if constants is not None:
+            assert constants[0] is cross and constants[1] is glob and constants[2] is local
+            assert constants[3] == x.shape[-1]
         self.calls.append(dict(x=x, t=t, cross=cross, glob=glob, local=local, padding_mask=padding_mask))
         tt = t.float().view(-1, 1, 1)
         c = cross.mean(dim=(1, 2)).view(-1, 1, 1) + cross[:, -1, :2].sum(-1).view(-1, 1, 1)
@@ -373,7 +381,13 @@ def test_cfg_interval_is_checked_on_item_0():
     x, _ = _xt()
     model(x, torch.tensor([0.7, 0.6, 0.5]))  # item 0 outside
     model(x, torch.tensor([0.6, 0.9, 0.9]))  # item 0 inside
-    assert [c["x"].shape[0] for c in dit.calls] == [B, 2 * B]
+    model(x, torch.tensor([0.3, 0.9, 0.9]))
+    model(x, torch.tensor([0.8, 0.9, 0.9]))
+    assert [c["x"].shape[0] for c in dit.calls] == [B, 2 * B, 2 * B, B]
+    assert dit.constants_made == 2  # once per conditioning variant (plain, doubled)
+    model.forget_constants()
+    model(x, torch.tensor([0.8, 0.9, 0.9]))
+    assert dit.constants_made == 3
 
 
 def test_unconditional_context():

@@ -1,5 +1,5 @@
-"""DiT step-constant reuse (``DiffusionTransformer.reuse_step_constants``) and shared RoPE tables:
-performance changes that must not change a single bit of the output."""
+"""DiT step constants (``DiffusionTransformer.step_constants``, passed to the forward by ``GuidedModel``) and
+shared RoPE tables: performance changes that must not change a single bit of the output."""
 
 from __future__ import annotations
 
@@ -54,90 +54,77 @@ class _CallCounter:
 
 
 @pytest.mark.parametrize("name", ["tiny-small", "tiny-medium"])
-def test_reused_constants_give_identical_output_and_are_computed_once(fixtures_dir: Path, name: str) -> None:
+def test_passed_constants_give_identical_output_and_are_computed_once(fixtures_dir: Path, name: str) -> None:
     model = _tiny_dit(fixtures_dir, name)
     c = _inputs()
     times = [torch.tensor([0.9, 0.8]), torch.tensor([0.5, 0.4]), torch.tensor([0.1, 0.05])]
     with torch.inference_mode():
         expected = [model(c["x"], t, c["cross"], c["glob"], c["local"], padding_mask=c["padding"]) for t in times]
         counter = _CallCounter(model)
-        with model.reuse_step_constants():
-            got = [model(c["x"], t, c["cross"], c["glob"], c["local"], padding_mask=c["padding"]) for t in times]
+        constants = model.step_constants(c["cross"], c["glob"], c["local"], c["x"].shape[-1])
+        got = [model(c["x"], t, c["cross"], c["glob"], c["local"], padding_mask=c["padding"], constants=constants)
+               for t in times]
     for e, g in zip(expected, got):
         assert torch.equal(e, g)
     assert counter.counts == {"to_kv": 1, "local": 1, "q": 3}  # constants once, queries every step
-    assert model._step_cache is None  # freed on exit
 
 
-def test_new_conditioning_objects_are_not_confused(fixtures_dir: Path) -> None:
-    model = _tiny_dit(fixtures_dir, "tiny-small")
-    a, b = _inputs(seed=0), _inputs(seed=1)
-    t = torch.tensor([0.7, 0.3])
-    with torch.inference_mode():
-        expected_b = model(b["x"], t, b["cross"], b["glob"], b["local"], padding_mask=b["padding"])
-        expected_none = model(b["x"], t, b["cross"], b["glob"], None, padding_mask=b["padding"])
-        with model.reuse_step_constants():
-            model(a["x"], t, a["cross"], a["glob"], a["local"], padding_mask=a["padding"])
-            got_b = model(b["x"], t, b["cross"], b["glob"], b["local"], padding_mask=b["padding"])
-            got_none = model(b["x"], t, b["cross"], b["glob"], None, padding_mask=b["padding"])
-    assert torch.equal(got_b, expected_b)
-    assert torch.equal(got_none, expected_none)
-
-
-def test_weight_changes_inside_the_scope_are_seen(fixtures_dir: Path) -> None:
-    # Per-step LoRA gating swaps weight Parameters (or updates them in place) between steps.
+def test_constants_of_another_shape_are_refused(fixtures_dir: Path) -> None:
     model = _tiny_dit(fixtures_dir, "tiny-small")
     c = _inputs()
-    t = torch.tensor([0.6, 0.6])
-    layer = model.transformer.layers[1]
-    original = layer.cross_attn.to_kv.weight
-    swapped = torch.nn.Parameter(original * 1.5, requires_grad=False)
-    bias = layer.to_local_embed[0].bias
-    saved_bias = bias.detach().clone()
-
-    def run() -> torch.Tensor:
-        return model(c["x"], t, c["cross"], c["glob"], c["local"], padding_mask=c["padding"])
-
+    t = torch.tensor([0.7, 0.3])
     with torch.inference_mode():
-        before = run()
-        layer.cross_attn.to_kv.weight = swapped
-        after_swap = run()
-        bias.add_(0.25)
-        after_inplace = run()
-        bias.copy_(saved_bias)
-        layer.cross_attn.to_kv.weight = original
-
-        with model.reuse_step_constants():
-            assert torch.equal(run(), before)
-            layer.cross_attn.to_kv.weight = swapped
-            assert torch.equal(run(), after_swap)
-            bias.add_(0.25)
-            assert torch.equal(run(), after_inplace)
-            bias.copy_(saved_bias)
-            layer.cross_attn.to_kv.weight = original
-            assert torch.equal(run(), before)
-    assert not torch.equal(before, after_swap) and not torch.equal(after_swap, after_inplace)
+        shorter = model.step_constants(c["cross"], c["glob"], c["local"][..., :-1], c["x"].shape[-1] - 1)
+        single = model.step_constants(c["cross"][:1], c["glob"][:1], c["local"][:1], c["x"].shape[-1])
+        for constants in (shorter, single):
+            with pytest.raises(ValueError, match="step constants"):
+                model(c["x"], t, c["cross"], c["glob"], c["local"], padding_mask=c["padding"], constants=constants)
 
 
-def test_guided_sampling_is_bit_identical_with_reuse(fixtures_dir: Path) -> None:
+def test_guided_sampling_computes_constants_once_per_variant_and_is_bit_identical(fixtures_dir: Path) -> None:
     # The sampler's real call pattern: batched CFG on a doubled batch, guidance switched off by the CFG
-    # interval for the last steps (two different conditioning sets alternate in the cache).
+    # interval for the last steps (the plain and the doubled conditioning each get their own constants).
     model = _tiny_dit(fixtures_dir, "tiny-medium")
     c = _inputs()
     cond = DiTConditioning(c["cross"], c["glob"], c["local"], padding_mask=c["padding"])
     options = GuidanceOptions(cfg_scale=4.0, cfg_interval=(0.3, 1.0))
     schedule = build_schedule(6, seq_len=[12, 9])
     noise = torch.randn(c["x"].shape, generator=torch.Generator().manual_seed(3))
-
-    def run() -> torch.Tensor:
-        generator = torch.Generator().manual_seed(5)
-        return sample(GuidedModel(model, cond, options), noise, schedule, sampler="pingpong", generator=generator)
-
+    counter = _CallCounter(model)
     with torch.inference_mode():
-        expected = run()
-        with model.reuse_step_constants():
-            got = run()
+        guided = GuidedModel(model, cond, options)
+        got = sample(guided, noise, schedule, sampler="pingpong", generator=torch.Generator().manual_seed(5))
+        assert counter.counts == {"to_kv": 2, "local": 2, "q": 6}  # plain and doubled: once each
+
+        def recomputing(x, t, cross, glob, local, padding_mask=None, constants=None):
+            return model(x, t, cross, glob, local, padding_mask=padding_mask)  # drops the constants
+
+        recomputing.step_constants = model.step_constants
+        expected = sample(GuidedModel(recomputing, cond, options), noise, schedule, sampler="pingpong",
+                          generator=torch.Generator().manual_seed(5))
+    assert counter.counts["to_kv"] == 2 + 2 + 6  # the reference recomputed them every step
     assert torch.equal(got, expected)
+
+
+def test_forgotten_constants_follow_changed_weights(fixtures_dir: Path) -> None:
+    # Per-step LoRA gating changes weights between steps; the guided model is then told to forget.
+    model = _tiny_dit(fixtures_dir, "tiny-small")
+    c = _inputs()
+    cond = DiTConditioning(c["cross"], c["glob"], c["local"], padding_mask=c["padding"])
+    t = torch.tensor([0.6, 0.6])
+    layer = model.transformer.layers[1]
+    original = layer.cross_attn.to_kv.weight
+    with torch.inference_mode():
+        guided = GuidedModel(model, cond)
+        before = guided(c["x"], t)
+        layer.cross_attn.to_kv.weight = torch.nn.Parameter(original * 1.5, requires_grad=False)
+        stale = guided(c["x"], t)
+        guided.forget_constants()
+        after = guided(c["x"], t)
+        expected = model(c["x"], t, c["cross"], c["glob"], c["local"], padding_mask=c["padding"])
+        layer.cross_attn.to_kv.weight = original
+    assert torch.equal(stale, before)  # constants are kept until forgotten...
+    assert torch.equal(after, expected) and not torch.equal(after, before)  # ...then follow the new weights
 
 
 def test_rotary_tables_equal_angles() -> None:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from sa3_core.checkpoint import CheckpointError, load_text_encoder
 from sa3_core.config import ModelConfig
 from sa3_core.conditioners import Conditioners, PromptConditioner, SecondsConditioner
+from sa3_core.sampling import negative_token_mask
 from sa3_core.t5gemma import T5GemmaTextEncoder, TextEncoderError, comfy_key_to_transformers, transformers_key_to_comfy
 from tests.helpers import relative_l2
 
@@ -51,12 +52,12 @@ def test_conditioning_matches_official(fixtures_dir: Path, variant: str):
     hidden, mask = encoder.encode(prompts)
     out = _conditioners(folder)(hidden, mask, seconds)
 
-    assert out.prompt_embeddings.shape == (3, 256, 768)
-    assert relative_l2(out.prompt_embeddings, expected["prompt.embeddings"]) <= TOLERANCE
+    assert out.cross_attn_cond.shape == (3, 257, 768)
+    assert relative_l2(out.cross_attn_cond[:, :256], expected["prompt.embeddings"]) <= TOLERANCE
     assert torch.equal(out.prompt_mask, expected["prompt.mask"].bool())
-    assert relative_l2(out.seconds_embeddings, expected["seconds_total.embeddings"]) <= TOLERANCE
+    assert relative_l2(out.cross_attn_cond[:, 256:], expected["seconds_total.embeddings"]) <= TOLERANCE
     assert relative_l2(out.cross_attn_cond, expected["cross_attn_cond"]) <= TOLERANCE
-    assert torch.equal(out.cross_attn_mask, expected["cross_attn_mask"].bool())
+    assert torch.equal(negative_token_mask(out.prompt_mask), expected["cross_attn_mask"].bool())
     assert relative_l2(out.global_cond, expected["global_cond"]) <= TOLERANCE
 
 

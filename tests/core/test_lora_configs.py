@@ -42,13 +42,15 @@ def loaded(model: StableAudioModel, fixtures_dir: Path):
 
 def per_step_strengths(model: StableAudioModel, strength_at) -> torch.utils.hooks.RemovableHandle:
     """The reference: a hook that sets the DiT strength of each LoRA by hand before every DiT forward.
-    ``strength_at(t0) -> {lora_index: strength}``."""
+    ``strength_at(t0) -> {lora_index: strength}``. It also drops the step constants the sampler passes in
+    (computed once, from the weights before the first step), so the DiT computes them from this step's weights."""
 
-    def hook(module, args):
+    def hook(module, args, kwargs):
         for index, strength in strength_at(float(args[1][0].float())).items():
             model.set_lora_strength(strength, lora_index=index, target="dit")
+        return args, {k: v for k, v in kwargs.items() if k != "constants"}
 
-    return model.dit.register_forward_pre_hook(hook)
+    return model.dit.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 def test_an_interval_gates_the_steps_outside_it(loaded) -> None:

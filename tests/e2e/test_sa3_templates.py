@@ -173,7 +173,8 @@ def test_dropped_template_fits_runs_and_shows_its_spectrograms(name: str, sa3_se
     window.open()
     window.drop_workflow(ui_workflow(name), f"{name}.json")
     window.page.wait_for_timeout(500)  # the frontend fits the view on the next animation frame
-    assert missing_models_dialog(window).count() == 0
+    dialog = missing_models_dialog(window)
+    assert dialog.count() == 0, dialog.inner_text()
     assert_fits_the_window(window.page.evaluate(_VIEW))
 
     reset_cache(comfy)

@@ -53,11 +53,13 @@ def choose_model(models_dir: Path) -> str:
     if real:
         print(f"Using the SA3 checkpoint {real[0]!r} from {models_dir}")
         return real[0]
-    print(f"\nNo Stable Audio 3 checkpoint in {models_dir}.\n"
-          f"  Put an official model folder there (e.g. stable-audio-3-small-music/ with model_config.json,\n"
-          f"  model.safetensors and t5gemma-b-b-ul2/), or a Comfy-Org single file plus its text encoder\n"
-          f"  t5gemma_b_b_ul2.safetensors in {models_dir.parent / 'text_encoders'}, then run this again.\n"
-          f"  Meanwhile the demo runs on {TINY_NAME}: TINY RANDOM WEIGHTS, the audio is noise.\n")
+    print(
+        f"\nNo Stable Audio 3 checkpoint in {models_dir}.\n"
+        f"  Put an official model folder there (e.g. stable-audio-3-small-music/ with model_config.json,\n"
+        f"  model.safetensors and t5gemma-b-b-ul2/), or a Comfy-Org single file plus its text encoder\n"
+        f"  t5gemma_b_b_ul2.safetensors in {models_dir.parent / 'text_encoders'}, then run this again.\n"
+        f"  Meanwhile the demo runs on {TINY_NAME}: TINY RANDOM WEIGHTS, the audio is noise.\n"
+    )
     tiny = models_dir / TINY_NAME
     if not (tiny / "model_config.json").is_file():
         from sa3_core.tiny import write_tiny_checkpoint
@@ -104,9 +106,14 @@ def queue_and_wait(url: str, graph: dict, timeout_s: float = 900) -> list[Path]:
             status = entry["status"]
             if status.get("status_str") != "success":
                 errors = [m for m in status.get("messages", []) if m[0] == "execution_error"]
-                raise RuntimeError(f"the workflow failed: {errors[0][1].get('exception_message') if errors else status}")
-            return [Path(f.get("subfolder", "")) / f["filename"]
-                    for output in entry["outputs"].values() for f in output.get("audio", [])]
+                raise RuntimeError(
+                    f"the workflow failed: {errors[0][1].get('exception_message') if errors else status}"
+                )
+            return [
+                Path(f.get("subfolder", "")) / f["filename"]
+                for output in entry["outputs"].values()
+                for f in output.get("audio", [])
+            ]
         time.sleep(0.5)
     raise TimeoutError(f"the workflow did not finish within {timeout_s} s")
 
@@ -130,8 +137,17 @@ def main() -> int:
     model_name = choose_model(base / "models" / "stable_audio_3")
 
     url = f"http://127.0.0.1:{args.port}"
-    command = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(args.port),
-               "--base-directory", str(base), "--disable-auto-launch"]
+    command = [
+        sys.executable,
+        "main.py",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+        "--base-directory",
+        str(base),
+        "--disable-auto-launch",
+    ]
     if not torch.cuda.is_available():
         command.append("--cpu")
     print(f"Starting ComfyUI {comfy_dir.name} at {url} (log: {base / 'comfyui.log'})")
@@ -143,8 +159,10 @@ def main() -> int:
         print(f"Template browser (Workflow > Browse Templates > {PACK_NAME}): {', '.join(templates)}")
         started = time.monotonic()
         outputs = queue_and_wait(url, text_to_audio_prompt(model_name))
-        print(f"text_to_audio ran in {time.monotonic() - started:.1f} s with {model_name}: "
-              + ", ".join(str(base / "output" / p) for p in outputs))
+        print(
+            f"text_to_audio ran in {time.monotonic() - started:.1f} s with {model_name}: "
+            + ", ".join(str(base / "output" / p) for p in outputs)
+        )
         if args.once:
             return 0
         print(f"ComfyUI is running at {url} - open it in a browser; Ctrl-C stops it.")

@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
 
     plan = meta_model(args.variant)
     latents = plan.plan_window([args.seconds]).latents
-    autoencoder = randomise_(build_modules(plan.config, device="meta")[AUTOENCODER_PREFIX],
-                             torch.Generator().manual_seed(0), "cpu")
+    autoencoder = randomise_(
+        build_modules(plan.config, device="meta")[AUTOENCODER_PREFIX], torch.Generator().manual_seed(0), "cpu"
+    )
     flops = FlopModel(plan.config)
     z = torch.randn(1, 256, latents, generator=torch.Generator().manual_seed(1))
     compiled = None
@@ -45,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         from sa3_core.pipeline import compile_blocks
         from sa3_core.same import SAMEBlock
 
-        compiled = randomise_(build_modules(plan.config, device="meta")[AUTOENCODER_PREFIX],
-                              torch.Generator().manual_seed(0), "cpu")
+        compiled = randomise_(
+            build_modules(plan.config, device="meta")[AUTOENCODER_PREFIX], torch.Generator().manual_seed(0), "cpu"
+        )
         compile_blocks(compiled, SAMEBlock)
     print(f"machine: {machine_summary()}")
     if compiled is None:
@@ -54,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         b_name = f"trimmed ({flops.decode(1, latents, True, trim=True) / 1e9:.0f} GFLOP)"
     else:
         a_name, b_name = "eager", "torch.compile(SAME blocks)"
-    print(f"{args.variant} decode of {args.seconds:g} s ({latents} latents), {torch.get_num_threads()} threads; "
-          f"A = {a_name}, B = {b_name}")
+    print(
+        f"{args.variant} decode of {args.seconds:g} s ({latents} latents), {torch.get_num_threads()} threads; "
+        f"A = {a_name}, B = {b_name}"
+    )
 
     def run(model, trim: bool) -> tuple[float, float, torch.Tensor]:
         with torch.inference_mode():
@@ -74,13 +78,18 @@ def main(argv: list[str] | None = None) -> int:
         wb, cb, b = run(*b_run)
         walls.append((wa, wb))
         cpus.append((ca, cb))
-        print(f"  round {r + 1}: wall A {wa:.2f} B {wb:.2f} s (B/A {wb / wa:.3f}); CPU A {ca:.2f} B {cb:.2f} s "
-              f"(B/A {cb / ca:.3f}); load {load_average():.1f}; outputs {_compare(a, b)}",
-              flush=True)
+        print(
+            f"  round {r + 1}: wall A {wa:.2f} B {wb:.2f} s (B/A {wb / wa:.3f}); CPU A {ca:.2f} B {cb:.2f} s "
+            f"(B/A {cb / ca:.3f}); load {load_average():.1f}; outputs {_compare(a, b)}",
+            flush=True,
+        )
     for name, pairs in (("wall", walls), ("CPU", cpus)):
         ratio = statistics.median(p[1] / p[0] for p in pairs)
-        print(f"median {name}: A {statistics.median(p[0] for p in pairs):.2f} s, B {statistics.median(p[1] for p in pairs):.2f} s, "
-              f"B/A {ratio:.3f} ({(1 - ratio) * 100:+.1f}% time saved)")
+        print(
+            f"median {name}: A {statistics.median(p[0] for p in pairs):.2f} s, "
+            f"B {statistics.median(p[1] for p in pairs):.2f} s, "
+            f"B/A {ratio:.3f} ({(1 - ratio) * 100:+.1f}% time saved)"
+        )
     return 0
 
 

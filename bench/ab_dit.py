@@ -43,8 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def import_base(commit: str, into: Path):
     """``sa3_core`` as it was at ``commit``, imported as the package ``sa3_core_base`` (relative imports)."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "sa3_core"], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", commit, "sa3_core"], check=True, capture_output=True
+    ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     (into / "sa3_core").rename(into / "sa3_core_base")
@@ -88,14 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         cross, glob = torch.randn(b, 257, 768, generator=g), torch.randn(b, 768, generator=g)
         local = torch.zeros(b, 257, latents)
         padding = torch.ones(b, latents, dtype=torch.bool)
-        padding[:, int(args.seconds * sr / ratio) + 1:] = False
+        padding[:, int(args.seconds * sr / ratio) + 1 :] = False
         times = torch.linspace(1, 0.1, args.steps)
 
         def loop(model, reuse: bool = True) -> tuple[float, float, torch.Tensor]:
             # Trees before explicit step constants reused them inside a ``reuse_step_constants()`` scope.
             scope = getattr(model, "reuse_step_constants", None) if reuse else None
             explicit = reuse and scope is None and "constants" in inspect.signature(model.forward).parameters
-            with torch.inference_mode(), (scope() if scope else _null()):
+            with torch.inference_mode(), scope() if scope else _null():
                 start, cpu = time.perf_counter(), time.process_time()
                 extra = dict(constants=model.step_constants(cross, glob, local, latents)) if explicit else {}
                 for t in times:
@@ -105,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"machine: {machine_summary()}")
         a_name = f"{args.base}{' without reuse' if args.no_reuse_a else ''}"
         b_name = f"working tree{' + torch.compile(DiT blocks)' if args.compile_b else ''}"
-        print(f"{args.variant}, {args.seconds:g} s ({latents} latents), batch {b}, {args.steps} forwards per round, "
-              f"{torch.get_num_threads()} threads; A = {a_name}, B = {b_name}")
+        print(
+            f"{args.variant}, {args.seconds:g} s ({latents} latents), batch {b}, {args.steps} forwards per round, "
+            f"{torch.get_num_threads()} threads; A = {a_name}, B = {b_name}"
+        )
         started = time.perf_counter()
         loop(old, not args.no_reuse_a), loop(new)  # warm-up (and compilation)
         print(f"warm-up: {time.perf_counter() - started:.1f} s")
@@ -117,14 +120,19 @@ def main(argv: list[str] | None = None) -> int:
             walls.append((wa, wb))
             cpus.append((ca, cb))
             same = "identical" if torch.equal(out_a, out_b) else f"rel diff {relative_l2(out_b, out_a):.1e}"
-            print(f"  round {r + 1}: wall A {wa:.3f} B {wb:.3f} s/forward (B/A {wb / wa:.3f}); "
-                  f"CPU A {ca:.3f} B {cb:.3f} s/forward (B/A {cb / ca:.3f}); load {load_average():.1f}; "
-                  f"outputs {same}", flush=True)
+            print(
+                f"  round {r + 1}: wall A {wa:.3f} B {wb:.3f} s/forward (B/A {wb / wa:.3f}); "
+                f"CPU A {ca:.3f} B {cb:.3f} s/forward (B/A {cb / ca:.3f}); load {load_average():.1f}; "
+                f"outputs {same}",
+                flush=True,
+            )
         for name, pairs in (("wall", walls), ("CPU", cpus)):
             med_ratio = statistics.median(p[1] / p[0] for p in pairs)
-            print(f"median {name}: A {statistics.median(p[0] for p in pairs):.3f}, "
-                  f"B {statistics.median(p[1] for p in pairs):.3f} s/forward, median B/A {med_ratio:.3f} "
-                  f"({(1 - med_ratio) * 100:+.1f}% time saved)")
+            print(
+                f"median {name}: A {statistics.median(p[0] for p in pairs):.3f}, "
+                f"B {statistics.median(p[1] for p in pairs):.3f} s/forward, median B/A {med_ratio:.3f} "
+                f"({(1 - med_ratio) * 100:+.1f}% time saved)"
+            )
     return 0
 
 

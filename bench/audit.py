@@ -50,8 +50,11 @@ class Hooks:
 
     def record(self, name: str, module: torch.nn.Module, what=lambda args, kwargs: None) -> None:
         self.calls.setdefault(name, [])
-        self.handles.append(module.register_forward_pre_hook(
-            lambda mod, args, kwargs: self.calls[name].append(what(args, kwargs)), with_kwargs=True))
+        self.handles.append(
+            module.register_forward_pre_hook(
+                lambda mod, args, kwargs: self.calls[name].append(what(args, kwargs)), with_kwargs=True
+            )
+        )
 
     def __enter__(self):
         return self
@@ -84,8 +87,11 @@ def audit_calls(model: StableAudioModel) -> list[str]:
             model.generate("warm piano", cfg_scale=cfg, **common)
         batches = hooks.calls["dit"]
         expected = [1 if cfg == 1 else 2] * 8
-        lines.append(f"{verdict(batches == expected)} cfg {cfg:g}: {len(batches)} DiT calls for 8 steps, batch sizes "
-                     f"{sorted(Counter(batches).items())} (batch 1 request){'; no unconditional pass' if cfg == 1 else '; cond+uncond batched'}")
+        lines.append(
+            f"{verdict(batches == expected)} cfg {cfg:g}: {len(batches)} DiT calls for 8 steps, batch sizes "
+            f"{sorted(Counter(batches).items())} (batch 1 request)"
+            f"{'; no unconditional pass' if cfg == 1 else '; cond+uncond batched'}"
+        )
 
     # 2. Text once per prompt.
     text.clear_cache()
@@ -94,23 +100,32 @@ def audit_calls(model: StableAudioModel) -> list[str]:
         model.generate("warm piano", batch_size=3, **common)
         first = list(hooks.calls["t5"])
         model.generate("warm piano", batch_size=3, seed=2, **{k: v for k, v in common.items() if k != "seed"})
-        second = hooks.calls["t5"][len(first):]
-    lines.append(f"{verdict(sum(first) == 1 and not second)} batch of 3 identical prompts: T5Gemma encoded "
-                 f"{sum(first)} sequence(s) in {len(first)} call(s); re-run with a new seed: {sum(second)} sequence(s)")
+        second = hooks.calls["t5"][len(first) :]
+    lines.append(
+        f"{verdict(sum(first) == 1 and not second)} batch of 3 identical prompts: T5Gemma encoded "
+        f"{sum(first)} sequence(s) in {len(first)} call(s); re-run with a new seed: {sum(second)} sequence(s)"
+    )
     rows = encoded_rows(negative_prompt="harsh noise", cfg_scale=7.0)
-    lines.append(f"{verdict(sum(rows) == 2)} cfg 7 with a negative prompt: {sum(rows)} sequences in {len(rows)} "
-                 f"T5Gemma call(s) (prompt + negative)")
+    lines.append(
+        f"{verdict(sum(rows) == 2)} cfg 7 with a negative prompt: {sum(rows)} sequences in {len(rows)} "
+        f"T5Gemma call(s) (prompt + negative)"
+    )
 
     # 3. Negative prompt at cfg 1.
     rows = encoded_rows(negative_prompt="harsh noise", cfg_scale=1.0)
-    lines.append(f"{verdict(sum(rows) == 1)} cfg 1 with a negative prompt: {sum(rows)} sequence(s) encoded "
-                 f"(the negative cannot change a cfg-1 result{'' if sum(rows) == 1 else '; encoding it is wasted'})")
+    lines.append(
+        f"{verdict(sum(rows) == 1)} cfg 1 with a negative prompt: {sum(rows)} sequence(s) encoded "
+        f"(the negative cannot change a cfg-1 result{'' if sum(rows) == 1 else '; encoding it is wasted'})"
+    )
 
     # 4. Constant conditioning per step: computed once per conditioning batch the sampler uses (the plain one,
     # and the CFG-doubled one; a CFG interval that ends before the last step uses both).
     layer = dit.transformer.layers[0]
-    for label, request in (("cfg 1", {}), ("cfg 7", dict(cfg_scale=7.0)),
-                           ("cfg 7, cfg_interval (0.5, 1)", dict(cfg_scale=7.0, cfg_interval=(0.5, 1.0)))):
+    for label, request in (
+        ("cfg 1", {}),
+        ("cfg 7", dict(cfg_scale=7.0)),
+        ("cfg 7, cfg_interval (0.5, 1)", dict(cfg_scale=7.0, cfg_interval=(0.5, 1.0))),
+    ):
         with Hooks() as hooks:
             hooks.record("dit", dit, lambda args, kwargs: int(args[0].shape[0]))
             hooks.record("to_kv", layer.cross_attn.to_kv)
@@ -120,9 +135,11 @@ def audit_calls(model: StableAudioModel) -> list[str]:
         variants = len(set(hooks.calls.pop("dit")))  # batch 1 (plain) and/or 2 (doubled)
         counts = {k: len(v) for k, v in hooks.calls.items()}
         ok = all(c == variants for c in counts.values())
-        lines.append(f"{verdict(ok)} generate() {label}: per 8 steps on {variants} conditioning batch(es), layer-0 "
-                     f"cross-attn to_kv ran {counts['to_kv']}x, to_local_embed {counts['local']}x, "
-                     f"to_cond_embed {counts['cond']}x")
+        lines.append(
+            f"{verdict(ok)} generate() {label}: per 8 steps on {variants} conditioning batch(es), layer-0 "
+            f"cross-attn to_kv ran {counts['to_kv']}x, to_local_embed {counts['local']}x, "
+            f"to_cond_embed {counts['cond']}x"
+        )
     return lines
 
 
@@ -150,22 +167,33 @@ def audit_masks() -> list[str]:
         meta = dict(device="meta")
         tokens = latents + config.dit.num_memory_tokens
         with AttentionMasks() as recorder:
-            dit(torch.zeros(1, 256, latents, **meta), torch.zeros(1, **meta), torch.zeros(1, 257, 768, **meta),
-                torch.zeros(1, 768, **meta), torch.zeros(1, 257, latents, **meta),
-                padding_mask=torch.ones(1, latents, dtype=torch.bool, **meta))
+            dit(
+                torch.zeros(1, 256, latents, **meta),
+                torch.zeros(1, **meta),
+                torch.zeros(1, 257, 768, **meta),
+                torch.zeros(1, 768, **meta),
+                torch.zeros(1, 257, latents, **meta),
+                padding_mask=torch.ones(1, latents, dtype=torch.bool, **meta),
+            )
         masks = [c[2] for c in recorder.calls if c[2] is not None]
-        lines.append(f"{verdict(not masks)} {variant} DiT at {seconds} s ({tokens} tokens): {len(recorder.calls)} SDPA calls, "
-                     f"{len(masks)} with a mask (padding is applied by zeroing padded values, no mask)")
+        lines.append(
+            f"{verdict(not masks)} {variant} DiT at {seconds} s ({tokens} tokens): {len(recorder.calls)} SDPA calls, "
+            f"{len(masks)} with a mask (padding is applied by zeroing padded values, no mask)"
+        )
         with AttentionMasks() as recorder:
             autoencoder.decode_audio(torch.zeros(1, 256, latents, **meta), chunked=True)
         masks = [c[2] for c in recorder.calls if c[2] is not None]
         biggest = max((torch.Size(m).numel() for m in masks), default=0)
         chunk_tokens = 128 * 17
         window = config.autoencoder.decoder.sliding_window
-        kind = f"sliding window +-{window[0] * 17} tokens (band attention)" if window else "2-latent chunks of 34 tokens"
-        lines.append(f"{verdict(biggest < chunk_tokens ** 2 // 10)} {variant} SAME decode at {seconds} s ({kind}): "
-                     f"{len(recorder.calls)} SDPA calls, largest mask {biggest} elements "
-                     f"(a full mask over one {chunk_tokens}-token chunk would be {chunk_tokens ** 2})")
+        kind = (
+            f"sliding window +-{window[0] * 17} tokens (band attention)" if window else "2-latent chunks of 34 tokens"
+        )
+        lines.append(
+            f"{verdict(biggest < chunk_tokens**2 // 10)} {variant} SAME decode at {seconds} s ({kind}): "
+            f"{len(recorder.calls)} SDPA calls, largest mask {biggest} elements "
+            f"(a full mask over one {chunk_tokens}-token chunk would be {chunk_tokens**2})"
+        )
     return lines
 
 
@@ -176,20 +204,25 @@ def audit_decode_plan() -> list[str]:
         for seconds in (10, 30, 120):
             latents = model.plan_window([seconds]).latents
             pieces = []
-            hook = model.autoencoder.decoder.register_forward_pre_hook(lambda mod, args: pieces.append(args[0].shape[-1]))
+            hook = model.autoencoder.decoder.register_forward_pre_hook(
+                lambda mod, args: pieces.append(args[0].shape[-1])  # noqa: B023 - removed before the next loop
+            )
             model.autoencoder.decode_audio(torch.zeros(1, 256, latents, device="meta"), chunked=True)
             hook.remove()
             decoded = sum(pieces)
-            lines.append(f"OK    {variant} decode of {seconds} s ({latents} latents): {len(pieces)} piece(s) of at most "
-                         f"{max(pieces)} latents, one at a time; {decoded} latents decoded "
-                         f"({decoded / latents - 1:+.0%} overlap overhead)")
+            lines.append(
+                f"OK    {variant} decode of {seconds} s ({latents} latents): {len(pieces)} piece(s) of at most "
+                f"{max(pieces)} latents, one at a time; {decoded} latents decoded "
+                f"({decoded / latents - 1:+.0%} overlap overhead)"
+            )
     return lines
 
 
 def audit_decode_memory() -> list[str]:
     plan = meta_model("small")
-    autoencoder = randomise_(build_modules(plan.config, device="meta")[AUTOENCODER_PREFIX],
-                             torch.Generator().manual_seed(0), "cpu")
+    autoencoder = randomise_(
+        build_modules(plan.config, device="meta")[AUTOENCODER_PREFIX], torch.Generator().manual_seed(0), "cpu"
+    )
     lines = []
     for seconds in (10, 30, 120):
         latents = plan.plan_window([seconds]).latents
@@ -199,8 +232,10 @@ def audit_decode_memory() -> list[str]:
             with torch.inference_mode(), StageMeter() as meter:
                 autoencoder.decode_audio(z, chunked=chunked)
             work = meter.result.peak_rss - meter.result.rss_before
-            lines.append(f"      SAME-S decode {seconds:>3} s {'chunked  ' if chunked else 'one pass '}: working memory "
-                         f"{work / GiB:5.2f} GiB (output itself {output / GiB:.3f} GiB), {meter.result.wall_s:6.1f} s")
+            lines.append(
+                f"      SAME-S decode {seconds:>3} s {'chunked  ' if chunked else 'one pass '}: working memory "
+                f"{work / GiB:5.2f} GiB (output itself {output / GiB:.3f} GiB), {meter.result.wall_s:6.1f} s"
+            )
     return lines
 
 
@@ -216,7 +251,8 @@ def audit_offload() -> list[str]:
         f"(text / dit / vae) and loads each with load_models_gpu before its node runs, so ComfyUI offloads the "
         f"previous stage's weights when the next stage needs the memory",
         f"OK    sa3_core alone (CLI, generate): {len(moves)} device moves; every model stays on its device. On CPU "
-        f"there is nothing to offload to; on CUDA medium needs about 6.5 GB in fp16 (official figure), so no offload is needed",
+        f"there is nothing to offload to; on CUDA medium needs about 6.5 GB in fp16 (official figure), so no offload "
+        f"is needed",
     ]
 
 

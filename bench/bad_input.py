@@ -47,8 +47,11 @@ def _time_reject(parse, text: str) -> float:
 def parsing_rows(base: str, sizes: list[int]) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         old_file = Path(tmp) / "parsing_old.py"
-        old_file.write_text(subprocess.run(["git", "show", f"{base}:{PARSING}"], cwd=REPO, capture_output=True,
-                                           text=True, check=True).stdout)
+        old_file.write_text(
+            subprocess.run(
+                ["git", "show", f"{base}:{PARSING}"], cwd=REPO, capture_output=True, text=True, check=True
+            ).stdout
+        )
         old = _module_from(old_file, "parsing_old")
     new = _module_from(REPO / PARSING, "parsing_new")
     rows = ["| digits | before (s) | after, as shipped (s) | after, cap lifted (s) |", "|---:|---:|---:|---:|"]
@@ -95,15 +98,18 @@ def resampling_rows(rates: list[int], limit_gib: float) -> list[str]:
         for method in ("torchaudio", "sa3_core"):
             limit = int(limit_gib * 2**30)
             done = subprocess.run(
-                [sys.executable, "-m", "bench.bad_input", "--child", method, str(rate)], cwd=REPO,
-                capture_output=True, text=True,
-                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+                [sys.executable, "-m", "bench.bad_input", "--child", method, str(rate)],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)),  # noqa: B023 - run here
+            )
             if done.returncode == 0:
                 figures = json.loads(done.stdout.strip().splitlines()[-1])
                 rows.append(f"| {rate} | {method} | {figures['wall_s']:.3f} | {figures['peak_gib']:.3f} |")
             else:
                 why = (done.stderr.strip().splitlines() or ["killed"])[-1]
-                why = why[why.find("you tried to allocate"):] if "you tried to allocate" in why else why[-110:]
+                why = why[why.find("you tried to allocate") :] if "you tried to allocate" in why else why[-110:]
                 rows.append(f"| {rate} | {method} | failed under a {limit_gib:g} GiB limit: {why} | |")
     return rows
 

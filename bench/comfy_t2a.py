@@ -85,8 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote a random real-shape small-music folder in {time.perf_counter() - started:.0f} s")
         (scratch / "no-frontend").mkdir()
         extra = ("--front-end-root", str(scratch / "no-frontend"))
-        with ComfyServer(tree, base, custom_nodes={"comfyui-stable-audio-3": REPO}, extra_args=extra,
-                         cpu=args.device == "cpu", startup_timeout_s=600) as server:
+        with ComfyServer(
+            tree,
+            base,
+            custom_nodes={"comfyui-stable-audio-3": REPO},
+            extra_args=extra,
+            cpu=args.device == "cpu",
+            startup_timeout_s=600,
+        ) as server:
             print(f"ComfyUI {COMFY_VERSION} up in {server.startup_seconds:.0f} s ({args.device})")
             if server.import_failures():
                 print(server.log_tail())
@@ -105,9 +111,15 @@ def main(argv: list[str] | None = None) -> int:
                         length = f"{waveform.shape[-1] / rate:.2f} s"
                     ok = result.ok and length == f"{seconds:.2f} s"
                     failed |= not ok
-                    print(f"| {seconds:g} s | {label} | {wall:.2f} | {length} | {'ok' if ok else result.error} |",
-                          flush=True)
-            loads = [line for line in server.log_text().splitlines() if "loaded completely" in line or "loaded partially" in line]
+                    print(
+                        f"| {seconds:g} s | {label} | {wall:.2f} | {length} | {'ok' if ok else result.error} |",
+                        flush=True,
+                    )
+            loads = [
+                line
+                for line in server.log_text().splitlines()
+                if "loaded completely" in line or "loaded partially" in line
+            ]
             print("\nComfyUI's model loads:\n  " + "\n  ".join(loads[-6:]))
     return 1 if failed else 0
 

@@ -20,7 +20,6 @@ import torch
 
 from sa3_core.checkpoint import DIT_PREFIX, build_modules, preset_config
 from sa3_core.layers import RotaryEmbedding, rotary_tables
-
 from sa3_core.ops import store_weights
 
 from .measure import load_average, machine_summary, matmul_rate
@@ -52,8 +51,14 @@ def dit_block(dtype: torch.dtype, device: str, tokens: int, weight_dtype: torch.
     def run() -> float:
         with torch.inference_mode():
             start = time.perf_counter()
-            block(x, constants=constants, modulation=modulation, rotary_freqs=freqs, padding_mask=None,
-                  zero_padded_ff=False)
+            block(
+                x,
+                constants=constants,
+                modulation=modulation,
+                rotary_freqs=freqs,
+                padding_mask=None,
+                zero_padded_ff=False,
+            )
             if device == "cuda":
                 torch.cuda.synchronize()
             return time.perf_counter() - start
@@ -91,8 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in blocks:
             block, cpu = statistics.median(times[name]), statistics.median(cpu_times[name])
             rate = f"{statistics.median(rates[name]) / 1e9:.1f}" if name in rates else "-"
-            print(f"| {device} | {name} | {rate} | {block * 1000:.0f} ms (CPU {cpu * 1000:.0f} ms) | "
-                  f"{block / reference:.2f}x (CPU {cpu / cpu_reference:.2f}x) |", flush=True)
+            print(
+                f"| {device} | {name} | {rate} | {block * 1000:.0f} ms (CPU {cpu * 1000:.0f} ms) | "
+                f"{block / reference:.2f}x (CPU {cpu / cpu_reference:.2f}x) |",
+                flush=True,
+            )
     print(f"(medians of {args.rounds} interleaved rounds; load now {load_average():.1f})")
     return 0
 

@@ -59,7 +59,7 @@ class StageResult:
 class StageMeter:
     """``with StageMeter() as meter: ...`` then ``meter.result``: wall, CPU time and peak RSS of the block."""
 
-    def __enter__(self) -> "StageMeter":
+    def __enter__(self) -> StageMeter:
         self._exact = _reset_peak()
         self._peak = rss_bytes()
         self._stop = threading.Event()
@@ -86,8 +86,12 @@ class StageMeter:
         self.result = StageResult(wall, cpu, self._rss_before, peak, "VmHWM" if self._exact else "sampled")
 
 
-def matmul_rates(shapes: list[tuple[int, int, int]], dtype: torch.dtype = torch.float32, repeats: int = 5,
-                 device: torch.device | str = "cpu") -> tuple[float, float]:
+def matmul_rates(
+    shapes: list[tuple[int, int, int]],
+    dtype: torch.dtype = torch.float32,
+    repeats: int = 5,
+    device: torch.device | str = "cpu",
+) -> tuple[float, float]:
     """GEMM rate in FLOP/s on all of torch's threads, per wall second and per CPU second of the process.
 
     For each ``(m, k, n)``, ``F.linear`` of (m, k) activations with an (n, k) weight (the layout of every
@@ -115,8 +119,12 @@ def matmul_rates(shapes: list[tuple[int, int, int]], dtype: torch.dtype = torch.
     return flops / seconds, flops / max(cpu_seconds, 1e-9)
 
 
-def matmul_rate(shapes: list[tuple[int, int, int]], dtype: torch.dtype = torch.float32, repeats: int = 5,
-                device: torch.device | str = "cpu") -> float:
+def matmul_rate(
+    shapes: list[tuple[int, int, int]],
+    dtype: torch.dtype = torch.float32,
+    repeats: int = 5,
+    device: torch.device | str = "cpu",
+) -> float:
     """The wall-clock GEMM rate of :func:`matmul_rates`."""
     return matmul_rates(shapes, dtype, repeats, device)[0]
 
@@ -139,5 +147,7 @@ def machine_summary() -> str:
     except (OSError, AttributeError):
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
-    return (f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads, "
-            f"{torch.backends.cpu.get_cpu_capability()}), {mem:.1f} GiB RAM")
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads, "
+        f"{torch.backends.cpu.get_cpu_capability()}), {mem:.1f} GiB RAM"
+    )

@@ -57,8 +57,11 @@ def write_official_folder(model, variant: str, folder: Path, fixtures: Path = FI
             conditioner["config"]["repo_id"] = str(folder)  # a local folder: transformers loads it offline
     (folder / "model_config.json").write_text(json.dumps(config, indent=1))
     tensors = {}
-    for prefix, module in ((DIT_PREFIX, model.dit), (AUTOENCODER_PREFIX, model.autoencoder),
-                           (CONDITIONER_PREFIX, model.conditioners)):
+    for prefix, module in (
+        (DIT_PREFIX, model.dit),
+        (AUTOENCODER_PREFIX, model.autoencoder),
+        (CONDITIONER_PREFIX, model.conditioners),
+    ):
         tensors.update({prefix + key: value.contiguous() for key, value in module.state_dict().items()})
     save_file(tensors, str(folder / "model.safetensors"))
     text_folder = folder / "t5gemma-b-b-ul2"
@@ -127,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine_summary()}")
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # both sides alike
-        print(f"device: {torch.cuda.get_device_name()}, {'fp16' if half else 'fp32'}, flash-attn "
-              f"{'present' if flash_available() else 'absent'}")
+        print(
+            f"device: {torch.cuda.get_device_name()}, {'fp16' if half else 'fp32'}, flash-attn "
+            f"{'present' if flash_available() else 'absent'}"
+        )
     ours = random_model(args.variant, device=device, dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:
         config = write_official_folder(ours, args.variant, Path(tmp), args.fixtures)
@@ -145,13 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def compare(official, ours, official_clock: StageClock, ours_clock: StageClock, args, seconds: float,
-            precision: str) -> None:
+def compare(
+    official, ours, official_clock: StageClock, ours_clock: StageClock, args, seconds: float, precision: str
+) -> None:
     request = dict(prompt=PROMPT, duration=seconds, steps=args.steps, cfg_scale=args.cfg)
     if args.cfg != 1:
         request["negative_prompt"] = ""
-    print(f"\n{args.variant}, {seconds:g} s, {args.steps} steps, cfg {args.cfg:g}, {precision}, {args.device}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"\n{args.variant}, {seconds:g} s, {args.steps} steps, cfg {args.cfg:g}, {precision}, {args.device}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
     def run_official(seed):
         return timed_generate(official.generate, official_clock, dict(request, seed=seed))
@@ -168,9 +176,12 @@ def compare(official, ours, official_clock: StageClock, ours_clock: StageClock, 
             our_times, our_audio = run_ours(r + 1)
             rel = relative_l2(our_audio, official_audio)
             rows.append((official_times, our_times))
-            print(f"  round {r + 1}: official {official_times['total']:.2f} s, ours {our_times['total']:.2f} s "
-                  f"(ours/official {our_times['total'] / official_times['total']:.3f}); outputs rel L2 {rel:.1e}; "
-                  f"load {load_average():.1f}", flush=True)
+            print(
+                f"  round {r + 1}: official {official_times['total']:.2f} s, ours {our_times['total']:.2f} s "
+                f"(ours/official {our_times['total'] / official_times['total']:.3f}); outputs rel L2 {rel:.1e}; "
+                f"load {load_average():.1f}",
+                flush=True,
+            )
 
     print(f"\n| {args.variant}, {seconds:g} s | official (median s) | ours (median s) | ours / official |")
     print("|---|---|---|---|")

@@ -55,14 +55,17 @@ class Precision:
     weight_dtype: torch.dtype | None = None
 
 
-PRECISIONS = {p.name: p for p in (
-    Precision("fp32", torch.float32, torch.float32),
-    Precision("bf16", torch.bfloat16, torch.bfloat16),
-    Precision("fp16", torch.float16, torch.float16),
-    Precision("fp8_e4m3fn", torch.float32, torch.float32, torch.float8_e4m3fn),
-    Precision("fp8_e5m2", torch.float32, torch.float32, torch.float8_e5m2),
-    Precision("fp8_e4m3fn+bf16", torch.bfloat16, torch.float32, torch.float8_e4m3fn),
-)}
+PRECISIONS = {
+    p.name: p
+    for p in (
+        Precision("fp32", torch.float32, torch.float32),
+        Precision("bf16", torch.bfloat16, torch.bfloat16),
+        Precision("fp16", torch.float16, torch.float16),
+        Precision("fp8_e4m3fn", torch.float32, torch.float32, torch.float8_e4m3fn),
+        Precision("fp8_e5m2", torch.float32, torch.float32, torch.float8_e5m2),
+        Precision("fp8_e4m3fn+bf16", torch.bfloat16, torch.float32, torch.float8_e4m3fn),
+    )
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -90,20 +93,34 @@ def stage_inputs(model: StableAudioModel, seconds: float) -> dict[str, torch.Ten
 def run_stages(model: StableAudioModel, inputs: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
     dtype, same_dtype = model.dtype, next(model.autoencoder.parameters()).dtype
     on = {k: v.to(device) for k, v in inputs.items()}
-    velocity = model.dit(on["x"].to(dtype), torch.tensor([0.5], device=device), on["cross"].to(dtype),
-                         on["global"].to(dtype), on["local"].to(dtype), on["mask"])
+    velocity = model.dit(
+        on["x"].to(dtype),
+        torch.tensor([0.5], device=device),
+        on["cross"].to(dtype),
+        on["global"].to(dtype),
+        on["local"].to(dtype),
+        on["mask"],
+    )
     audio = model.autoencoder.decode_audio(on["latents"].to(same_dtype), chunked=True)
     model.text_encoder.clear_cache()
     hidden, _ = model.text_encoder.encode([PROMPT])
-    return {"DiT forward": velocity.float().cpu(), "SAME decode": audio.float().cpu(),
-            "text encoder": hidden.float().cpu()}
+    return {
+        "DiT forward": velocity.float().cpu(),
+        "SAME decode": audio.float().cpu(),
+        "text encoder": hidden.float().cpu(),
+    }
 
 
 def derive(reference: StableAudioModel, precision: Precision, device: str) -> StableAudioModel:
     """``reference``'s weights in ``precision`` on ``device``, loaded the way a checkpoint is (modules built
     on ``meta``, each tensor converted as it is assigned, float8 storage included)."""
-    modules = build_modules(reference.config, device="meta", dtype=precision.dtype,
-                            autoencoder_dtype=precision.autoencoder_dtype, weight_dtype=precision.weight_dtype)
+    modules = build_modules(
+        reference.config,
+        device="meta",
+        dtype=precision.dtype,
+        autoencoder_dtype=precision.autoencoder_dtype,
+        weight_dtype=precision.weight_dtype,
+    )
     sources = (reference.dit, reference.autoencoder, reference.conditioners)
     for module, source in zip(modules.values(), sources):
         load_module_weights(module, source.state_dict(), device=device)
@@ -111,9 +128,15 @@ def derive(reference: StableAudioModel, precision: Precision, device: str) -> St
     text = copy.deepcopy(reference.text_encoder).to(device, precision.dtype)
     if precision.weight_dtype is not None:
         store_weights(text.model, precision.weight_dtype)
-    components = SA3Components(config=reference.config, dit=dit, autoencoder=autoencoder, conditioners=conditioners,
-                               text_encoder=text, source=f"{reference.components.source}, {precision.name}",
-                               layout="random")
+    components = SA3Components(
+        config=reference.config,
+        dit=dit,
+        autoencoder=autoencoder,
+        conditioners=conditioners,
+        text_encoder=text,
+        source=f"{reference.components.source}, {precision.name}",
+        layout="random",
+    )
     return StableAudioModel(components, device=device, dtype=precision.dtype)
 
 
@@ -156,7 +179,9 @@ def case_output(model: StableAudioModel, spec: dict, reference: dict, fixtures: 
         model.unload_lora()
 
 
-def case_errors(names: list[str], device: str, fixtures: Path, only: list[str] | None = None) -> dict[str, dict[str, float]]:
+def case_errors(
+    names: list[str], device: str, fixtures: Path, only: list[str] | None = None
+) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     for name in names:
         precision = PRECISIONS[name]
@@ -170,8 +195,12 @@ def case_errors(names: list[str], device: str, fixtures: Path, only: list[str] |
                 continue
             if spec["model"] not in models:
                 models[spec["model"]] = StableAudioModel.from_pretrained(
-                    fixtures / spec["model"], device=device, dtype=precision.dtype,
-                    autoencoder_dtype=precision.autoencoder_dtype, weight_dtype=precision.weight_dtype)
+                    fixtures / spec["model"],
+                    device=device,
+                    dtype=precision.dtype,
+                    autoencoder_dtype=precision.autoencoder_dtype,
+                    weight_dtype=precision.weight_dtype,
+                )
             reference = load_file(path.with_suffix(".safetensors"))
             out = case_output(models[spec["model"]], spec, reference, fixtures)
             expected = reference["output"]
@@ -202,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     cases = {} if args.stages_only else case_errors(names, args.device, args.fixtures, args.cases)
 
     if stages:
-        print(f"\n| model | precision | DiT forward ({args.seconds:g} s) | SAME decode ({args.seconds:g} s) | text encoder |")
+        print(
+            f"\n| model | precision | DiT forward ({args.seconds:g} s) | SAME decode ({args.seconds:g} s) "
+            f"| text encoder |"
+        )
         print("|---|---|---|---|---|")
         for variant, rows in stages.items():
             for name, errors in rows.items():
@@ -216,8 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         if "fp32" in cases:
             worst = max(cases["fp32"].values())
             verdict = "PASS" if worst <= GOLDEN_TOLERANCE else "FAIL"
-            print(f"golden fixtures in fp32 on {args.device}: worst relative L2 {worst:.1e} "
-                  f"(tolerance {GOLDEN_TOLERANCE:g}): {verdict}")
+            print(
+                f"golden fixtures in fp32 on {args.device}: worst relative L2 {worst:.1e} "
+                f"(tolerance {GOLDEN_TOLERANCE:g}): {verdict}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps({"device": args.device, "stages": stages, "cases": cases}, indent=1))
     return 1 if "fp32" in cases and max(cases["fp32"].values()) > GOLDEN_TOLERANCE else 0

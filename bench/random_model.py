@@ -19,8 +19,14 @@ import math
 import torch
 from torch import nn
 
-from sa3_core.checkpoint import (AUTOENCODER_PREFIX, CONDITIONER_PREFIX, DIT_PREFIX, SA3Components, build_modules,
-                                 preset_config)
+from sa3_core.checkpoint import (
+    AUTOENCODER_PREFIX,
+    CONDITIONER_PREFIX,
+    DIT_PREFIX,
+    SA3Components,
+    build_modules,
+    preset_config,
+)
 from sa3_core.layers import DyT, RotaryEmbedding
 from sa3_core.ops import store_weights
 from sa3_core.pipeline import StableAudioModel
@@ -28,10 +34,36 @@ from sa3_core.same import WeightNormConv1d
 from sa3_core.t5gemma import T5GemmaTextEncoder, t5gemma_encoder_config
 
 # The real T5Gemma-b encoder (the official t5gemma-b-b-ul2 config); everything else comes from T5GEMMA_B_ENCODER.
-T5GEMMA_B_SIZES = dict(vocab_size=256_000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-                       num_attention_heads=12, num_key_value_heads=12)
-_WORDS = ["<pad>", "<eos>", "<bos>", "<unk>", "warm", "ambient", "piano", "with", "soft", "drums", "and",
-          "a", "slow", "bass", "line", "bright", "synth", "pads", "house", "beat"]
+T5GEMMA_B_SIZES = dict(
+    vocab_size=256_000,
+    hidden_size=768,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_key_value_heads=12,
+)
+_WORDS = [
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "<unk>",
+    "warm",
+    "ambient",
+    "piano",
+    "with",
+    "soft",
+    "drums",
+    "and",
+    "a",
+    "slow",
+    "bass",
+    "line",
+    "bright",
+    "synth",
+    "pads",
+    "house",
+    "beat",
+]
 
 
 @torch.no_grad()
@@ -69,12 +101,19 @@ def word_tokenizer():
 
     word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(_WORDS)}, unk_token="<unk>"))
     word_level.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="<pad>", eos_token="<eos>",
-                                   bos_token="<bos>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=word_level, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
+    )
 
 
-def random_text_encoder(size: str, *, device: torch.device | str, dtype: torch.dtype,
-                        generator: torch.Generator, weight_dtype: torch.dtype | None = None) -> T5GemmaTextEncoder:
+def random_text_encoder(
+    size: str,
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    generator: torch.Generator,
+    weight_dtype: torch.dtype | None = None,
+) -> T5GemmaTextEncoder:
     """``size="real"``: T5Gemma-b encoder shapes; ``"tiny"``: 1 layer, MLP 64 (hidden stays 768)."""
     from transformers import T5GemmaEncoderModel
 
@@ -121,15 +160,22 @@ def random_model(
     if weight_dtype is not None:
         store_weights(dit, weight_dtype)
         dit.compute_dtype = dtype
-    autoencoder = randomise_(modules[AUTOENCODER_PREFIX], generator, "cpu").to(device=device,
-                                                                               dtype=autoencoder_dtype or dtype)
+    autoencoder = randomise_(modules[AUTOENCODER_PREFIX], generator, "cpu").to(
+        device=device, dtype=autoencoder_dtype or dtype
+    )
     conditioners = randomise_(modules[CONDITIONER_PREFIX], generator, "cpu").to(device=device, dtype=dtype)
-    encoder = random_text_encoder(text_encoder, device="cpu", dtype=dtype, weight_dtype=weight_dtype,
-                                  generator=generator)
+    encoder = random_text_encoder(
+        text_encoder, device="cpu", dtype=dtype, weight_dtype=weight_dtype, generator=generator
+    )
     encoder.to(device)
     components = SA3Components(
-        config=config, dit=dit, autoencoder=autoencoder, conditioners=conditioners, text_encoder=encoder,
-        source=f"random weights ({variant}, real shapes)", layout="random",
+        config=config,
+        dit=dit,
+        autoencoder=autoencoder,
+        conditioners=conditioners,
+        text_encoder=encoder,
+        source=f"random weights ({variant}, real shapes)",
+        layout="random",
     )
     return StableAudioModel(components, device=device, dtype=dtype)
 
@@ -140,6 +186,13 @@ def meta_model(variant: str, attention_backend: str = "auto") -> StableAudioMode
     config = preset_config(variant)
     modules = build_modules(config, device="meta", attention_backend=attention_backend)
     dit, autoencoder, conditioners = modules.values()
-    components = SA3Components(config=config, dit=dit, autoencoder=autoencoder, conditioners=conditioners,
-                               text_encoder=None, source=f"meta ({variant})", layout="meta")
+    components = SA3Components(
+        config=config,
+        dit=dit,
+        autoencoder=autoencoder,
+        conditioners=conditioners,
+        text_encoder=None,
+        source=f"meta ({variant})",
+        layout="meta",
+    )
     return StableAudioModel(components, device="meta", dtype=torch.float32)

@@ -21,12 +21,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 from comfy_host import ComfyClient, ComfyServer, prepare_comfy_tree  # noqa: E402
-
 from sa3_core.tiny import write_tiny_checkpoint  # noqa: E402
 
 MODEL = "tiny-sa3"
-BARRIER = {"1": {"class_type": "PrimitiveString", "inputs": {"value": "barrier"}},
-           "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+BARRIER = {
+    "1": {"class_type": "PrimitiveString", "inputs": {"value": "barrier"}},
+    "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+}
 
 
 def rss_mib(pid: int) -> float:
@@ -38,16 +39,33 @@ def rss_mib(pid: int) -> float:
 
 def t2a(seed: int, prompt: str, seconds: float, steps: int) -> dict:
     return {
-        "1": {"class_type": "SA3_ModelLoader", "inputs": {"model": MODEL, "text_encoder": "auto", "dtype": "auto",
-                                                          "attention": "auto"}},
-        "2": {"class_type": "SA3_TextEncode", "inputs": {"model": ["1", 0], "prompt": prompt, "negative_prompt": "",
-                                                          "duration": seconds}},
+        "1": {
+            "class_type": "SA3_ModelLoader",
+            "inputs": {"model": MODEL, "text_encoder": "auto", "dtype": "auto", "attention": "auto"},
+        },
+        "2": {
+            "class_type": "SA3_TextEncode",
+            "inputs": {"model": ["1", 0], "prompt": prompt, "negative_prompt": "", "duration": seconds},
+        },
         "3": {"class_type": "SA3_EmptyLatent", "inputs": {"model": ["1", 0], "duration": seconds, "batch_size": 1}},
-        "4": {"class_type": "SA3_RFSampler", "inputs": {"model": ["1", 0], "conditioning": ["2", 0], "latent": ["3", 0],
-                                                         "seed": seed, "steps": steps, "cfg": 0.0, "apg_scale": 1.0,
-                                                         "sampler": "auto", "shift": 0.0}},
-        "5": {"class_type": "SA3_VAEDecode", "inputs": {"model": ["1", 0], "latent": ["4", 0], "chunked": "auto",
-                                                         "peak": "clamp"}},
+        "4": {
+            "class_type": "SA3_RFSampler",
+            "inputs": {
+                "model": ["1", 0],
+                "conditioning": ["2", 0],
+                "latent": ["3", 0],
+                "seed": seed,
+                "steps": steps,
+                "cfg": 0.0,
+                "apg_scale": 1.0,
+                "sampler": "auto",
+                "shift": 0.0,
+            },
+        },
+        "5": {
+            "class_type": "SA3_VAEDecode",
+            "inputs": {"model": ["1", 0], "latent": ["4", 0], "chunked": "auto", "peak": "clamp"},
+        },
         "6": {"class_type": "SaveAudio", "inputs": {"audio": ["5", 0], "filename_prefix": "audio/rss"}},
     }
 
@@ -64,8 +82,9 @@ def main() -> None:
     words = ["piano", "drums", "bass", "synth", "rain", "guitar", "strings", "choir", "wind", "birds"]
     with tempfile.TemporaryDirectory() as tmp:
         model = write_tiny_checkpoint(Path(tmp) / MODEL, "small", seed=0)
-        server = ComfyServer(prepare_comfy_tree(args.cache), Path(tmp) / "base",
-                             custom_nodes={"comfyui-stable-audio-3": REPO})
+        server = ComfyServer(
+            prepare_comfy_tree(args.cache), Path(tmp) / "base", custom_nodes={"comfyui-stable-audio-3": REPO}
+        )
         with server:
             server.link(f"models/stable_audio_3/{MODEL}", model)
             client = ComfyClient(server.url)

@@ -45,8 +45,14 @@ def gemm_shapes(model, tokens: int) -> list[tuple[int, int, int]]:
     qkv = 5 * e if model.config.dit.differential else 3 * e
     d = model.config.autoencoder.decoder.width
     same_tokens = 128 * 17  # one 128-latent decode chunk
-    return [(tokens, e, qkv), (tokens, e, 8 * e), (tokens, 4 * e, e), (same_tokens, d, 5 * d),
-            (same_tokens, d, 6 * d), (256, 768, 2048)]
+    return [
+        (tokens, e, qkv),
+        (tokens, e, 8 * e),
+        (tokens, 4 * e, e),
+        (same_tokens, d, 5 * d),
+        (same_tokens, d, 6 * d),
+        (256, 768, 2048),
+    ]
 
 
 def disable_step_constants(model) -> None:
@@ -69,8 +75,9 @@ def run_once(model, seconds: float, steps: int, seed: int, cfg_scale: float, chu
         dit_cond = model.dit_conditioning(cond, window, None)
     results["text"] = meter.result
     with StageMeter() as meter:
-        latents = model.sample_latents(noise, generator, dit_cond, window, steps=steps,
-                                       guidance=GuidanceOptions(cfg_scale=cfg_scale))
+        latents = model.sample_latents(
+            noise, generator, dit_cond, window, steps=steps, guidance=GuidanceOptions(cfg_scale=cfg_scale)
+        )
     results["sampling"] = meter.result
     with StageMeter() as meter:
         audio = model.decode_latents(latents, window, chunked=chunked)
@@ -88,12 +95,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cfg", type=float, default=1.0, help="cfg_scale (1 = the post-trained default)")
-    parser.add_argument("--dtype", choices=("auto",) + tuple(DTYPES), default="auto",
-                        help="compute dtype of the DiT and text encoder; auto: sa3_core.precision's choice")
-    parser.add_argument("--same-dtype", choices=("auto",) + tuple(DTYPES), default="auto",
-                        help="SAME's dtype; auto: sa3_core.precision's choice for the DiT's dtype")
-    parser.add_argument("--weights", choices=("default",) + tuple(WEIGHT_DTYPES), default="default",
-                        help="weight storage of the DiT's and text encoder's matrices (fp8: float8, cast at use)")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto",) + tuple(DTYPES),
+        default="auto",
+        help="compute dtype of the DiT and text encoder; auto: sa3_core.precision's choice",
+    )
+    parser.add_argument(
+        "--same-dtype",
+        choices=("auto",) + tuple(DTYPES),
+        default="auto",
+        help="SAME's dtype; auto: sa3_core.precision's choice for the DiT's dtype",
+    )
+    parser.add_argument(
+        "--weights",
+        choices=("default",) + tuple(WEIGHT_DTYPES),
+        default="default",
+        help="weight storage of the DiT's and text encoder's matrices (fp8: float8, cast at use)",
+    )
     parser.add_argument("--backend", default="auto", help="attention backend: auto, sdpa, band, flash")
     parser.add_argument("--text-encoder", choices=("real", "tiny"), default="real")
     parser.add_argument("--no-step-constants", action="store_true", help="recompute constant conditioning every step")
@@ -114,21 +133,31 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = component_dtypes("cpu", DTYPES.get(args.dtype), DTYPES.get(args.same_dtype))
     weight_dtype = WEIGHT_DTYPES.get(args.weights)
     started = time.perf_counter()
-    model = random_model(args.variant, dtype=dtypes.dit, autoencoder_dtype=dtypes.autoencoder,
-                         weight_dtype=weight_dtype, text_encoder=args.text_encoder, attention_backend=args.backend)
-    print(f"built random {args.variant} model ({args.text_encoder} T5Gemma) in {time.perf_counter() - started:.1f} s,"
-          f" RSS {rss_bytes() / GiB:.2f} GiB")
+    model = random_model(
+        args.variant,
+        dtype=dtypes.dit,
+        autoencoder_dtype=dtypes.autoencoder,
+        weight_dtype=weight_dtype,
+        text_encoder=args.text_encoder,
+        attention_backend=args.backend,
+    )
+    print(
+        f"built random {args.variant} model ({args.text_encoder} T5Gemma) in {time.perf_counter() - started:.1f} s,"
+        f" RSS {rss_bytes() / GiB:.2f} GiB"
+    )
     if args.compile != "none":
         parts = {"dit": ("dit",), "same": ("autoencoder",), "all": ("dit", "autoencoder")}[args.compile]
         model.compile(parts, mode=args.compile_mode)
     flop_model = FlopModel(model.config, args.backend)
     chunked = False if args.unchunked else None
     names = {v: k for k, v in {**DTYPES, **WEIGHT_DTYPES}.items()}
-    settings = (f"{args.steps} steps, cfg {args.cfg:g}, DiT/text {names[dtypes.dit]} ({args.dtype}), "
-                f"SAME {names[dtypes.autoencoder]} ({args.same_dtype}), weights {args.weights}, backend {args.backend}, "
-                f"step constants {'off' if args.no_step_constants else 'on'}, "
-                f"decode {'unchunked' if args.unchunked else 'chunked'}, "
-                f"compile {args.compile}")
+    settings = (
+        f"{args.steps} steps, cfg {args.cfg:g}, DiT/text {names[dtypes.dit]} ({args.dtype}), "
+        f"SAME {names[dtypes.autoencoder]} ({args.same_dtype}), weights {args.weights}, backend {args.backend}, "
+        f"step constants {'off' if args.no_step_constants else 'on'}, "
+        f"decode {'unchunked' if args.unchunked else 'chunked'}, "
+        f"compile {args.compile}"
+    )
     print(f"settings: {settings}")
 
     if args.no_step_constants:
@@ -169,22 +198,31 @@ def main(argv: list[str] | None = None) -> int:
         rate_after, cpu_rate_after = matmul_rates(gemm_shapes(model, tokens))
         rate, cpu_rate = (rate + rate_after) / 2, (cpu_rate + cpu_rate_after) / 2
         load = (load_before + load_average()) / 2
-        row = {"seconds": seconds, "latents": window.latents, "load": load, "gemm_gflops": rate / 1e9,
-               "gemm_gflops_per_cpu_s": cpu_rate / 1e9,
-               "stages": {}}
+        row = {
+            "seconds": seconds,
+            "latents": window.latents,
+            "load": load,
+            "gemm_gflops": rate / 1e9,
+            "gemm_gflops_per_cpu_s": cpu_rate / 1e9,
+            "stages": {},
+        }
         for stage in STAGES:
             walls = [res[stage].wall_s for res in repeats]
             wall = statistics.median(walls)
             cpu = statistics.median(res[stage].cpu_s for res in repeats)
             floor_s = floors[stage] / rate
             row["stages"][stage] = {
-                "wall_s": wall, "walls": walls, "cpu_s": cpu,
+                "wall_s": wall,
+                "walls": walls,
+                "cpu_s": cpu,
                 # CPU seconds used over CPU seconds the GEMMs would need: robust to other processes' load.
                 "cpu_ratio": cpu / (floors[stage] / cpu_rate),
                 "peak_rss_gib": max(res[stage].peak_rss for res in repeats) / GiB,
                 "rss_before_gib": repeats[-1][stage].rss_before / GiB,
-                "floor_gflop": floors[stage] / 1e9, "executed_gflop": executed[stage] / 1e9,
-                "floor_s": floor_s, "ratio": wall / floor_s,
+                "floor_gflop": floors[stage] / 1e9,
+                "executed_gflop": executed[stage] / 1e9,
+                "floor_s": floor_s,
+                "ratio": wall / floor_s,
                 "rss_method": repeats[-1][stage].method,
             }
         rows.append(row)
@@ -194,37 +232,57 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"variant": args.variant, "settings": settings, "machine": machine_summary(),
-                       "text_encoder": args.text_encoder, "repeats": args.repeats, "rows": rows}, handle, indent=1)
+            json.dump(
+                {
+                    "variant": args.variant,
+                    "settings": settings,
+                    "machine": machine_summary(),
+                    "text_encoder": args.text_encoder,
+                    "repeats": args.repeats,
+                    "rows": rows,
+                },
+                handle,
+                indent=1,
+            )
     return 0
 
 
 def print_duration(row: dict) -> None:
-    print(f"  {row['seconds']:g} s ({row['latents']} latents): load {row['load']:.1f}, "
-          f"fp32 GEMM {row['gemm_gflops']:.0f} GFLOP/s")
+    print(
+        f"  {row['seconds']:g} s ({row['latents']} latents): load {row['load']:.1f}, "
+        f"fp32 GEMM {row['gemm_gflops']:.0f} GFLOP/s"
+    )
     for stage, s in row["stages"].items():
-        print(f"    {stage:9s} {s['wall_s']:8.2f} s (CPU {s['cpu_s']:7.1f} s)  peak RSS {s['peak_rss_gib']:6.2f} GiB  "
-              f"run {s['executed_gflop']:8.0f} / floor {s['floor_gflop']:8.0f} GFLOP = {s['floor_s']:7.2f} s  "
-              f"ratio {s['ratio']:5.2f} (CPU-time ratio {s['cpu_ratio']:.2f})")
+        print(
+            f"    {stage:9s} {s['wall_s']:8.2f} s (CPU {s['cpu_s']:7.1f} s)  peak RSS {s['peak_rss_gib']:6.2f} GiB  "
+            f"run {s['executed_gflop']:8.0f} / floor {s['floor_gflop']:8.0f} GFLOP = {s['floor_s']:7.2f} s  "
+            f"ratio {s['ratio']:5.2f} (CPU-time ratio {s['cpu_ratio']:.2f})"
+        )
 
 
 def table(rows: list[dict]) -> str:
-    header = ("| audio | stage | wall s (median) | peak RSS GiB | GFLOP run / floor | floor s | wall / floor | "
-              "CPU-time ratio | load | GEMM GFLOP/s |\n|---|---|---|---|---|---|---|---|---|---|")
+    header = (
+        "| audio | stage | wall s (median) | peak RSS GiB | GFLOP run / floor | floor s | wall / floor | "
+        "CPU-time ratio | load | GEMM GFLOP/s |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
     lines = [header]
     for row in rows:
         total_wall = sum(s["wall_s"] for s in row["stages"].values())
         total_floor = sum(s["floor_s"] for s in row["stages"].values())
         for stage, s in row["stages"].items():
-            lines.append(f"| {row['seconds']:g} s | {stage} | {s['wall_s']:.2f} | {s['peak_rss_gib']:.2f} | "
-                         f"{s['executed_gflop']:.0f} / {s['floor_gflop']:.0f} | {s['floor_s']:.2f} | {s['ratio']:.2f} | "
-                         f"{s['cpu_ratio']:.2f} | {row['load']:.1f} | "
-                         f"{row['gemm_gflops']:.0f} |")
+            lines.append(
+                f"| {row['seconds']:g} s | {stage} | {s['wall_s']:.2f} | {s['peak_rss_gib']:.2f} | "
+                f"{s['executed_gflop']:.0f} / {s['floor_gflop']:.0f} | {s['floor_s']:.2f} | {s['ratio']:.2f} | "
+                f"{s['cpu_ratio']:.2f} | {row['load']:.1f} | "
+                f"{row['gemm_gflops']:.0f} |"
+            )
         peak = max(s["peak_rss_gib"] for s in row["stages"].values())
-        lines.append(f"| {row['seconds']:g} s | **total** | **{total_wall:.2f}** | **{peak:.2f}** | "
-                     f"{sum(s['executed_gflop'] for s in row['stages'].values()):.0f} / "
-                     f"{sum(s['floor_gflop'] for s in row['stages'].values()):.0f} | {total_floor:.2f} | "
-                     f"{total_wall / total_floor:.2f} | | | |")
+        lines.append(
+            f"| {row['seconds']:g} s | **total** | **{total_wall:.2f}** | **{peak:.2f}** | "
+            f"{sum(s['executed_gflop'] for s in row['stages'].values()):.0f} / "
+            f"{sum(s['floor_gflop'] for s in row['stages'].values()):.0f} | {total_floor:.2f} | "
+            f"{total_wall / total_floor:.2f} | | | |"
+        )
     return "\n".join(lines)
 
 

@@ -12,13 +12,13 @@ moves what it needs to the model's device.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
-
-import torch
+from typing import Any
 
 import comfy.model_management as mm
 import comfy.utils
+import torch
 from comfy_api.latest import io
 
 from ..sa3_core.pipeline import PromptConditioning
@@ -49,8 +49,9 @@ class SA3LatentInfo:
 def sa3_info(latent: dict[str, Any], node: str) -> SA3LatentInfo:
     info = latent.get("sa3") if isinstance(latent, dict) else None
     if not isinstance(info, SA3LatentInfo):
-        raise ValueError(f"{node}: this LATENT was not made by a Stable Audio 3 node; start from "
-                         "'Stable Audio 3 Empty Latent'")
+        raise ValueError(
+            f"{node}: this LATENT was not made by a Stable Audio 3 node; start from 'Stable Audio 3 Empty Latent'"
+        )
     return info
 
 

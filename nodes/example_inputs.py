@@ -38,5 +38,6 @@ def install_example_inputs() -> None:
             finally:
                 partial.unlink(missing_ok=True)
         except OSError as exc:  # a read-only input/ only costs the example
-            logging.warning("Stable Audio 3: could not copy the example clip %s into %s: %s", source.name,
-                            input_dir, exc)
+            logging.warning(
+                "Stable Audio 3: could not copy the example clip %s into %s: %s", source.name, input_dir, exc
+            )

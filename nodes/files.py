@@ -19,9 +19,9 @@ name files by their full path, as a library should).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import folder_paths
 
@@ -64,8 +64,11 @@ def _shown(key: str) -> str:
 def hide_paths(text: str) -> str:
     """``text`` with the server's absolute paths replaced: a model folder by its ``models/<key>`` name, this
     pack's folder by ``custom_nodes/<name>``, anything else inside ComfyUI by its path relative to ComfyUI."""
-    folders = [(str(folder), _shown(key)) for key in (MODELS_KEY, CHECKPOINTS_KEY, TEXT_ENCODERS_KEY, LORAS_KEY)
-               for folder in _folders(key)]
+    folders = [
+        (str(folder), _shown(key))
+        for key in (MODELS_KEY, CHECKPOINTS_KEY, TEXT_ENCODERS_KEY, LORAS_KEY)
+        for folder in _folders(key)
+    ]
     folders.append((str(Path(folder_paths.models_dir)), "models"))
     folders.append((str(_PACK), f"custom_nodes/{_PACK.name}"))  # e.g. the preset configs sa3_core names
     folders.append((str(Path(folder_paths.base_path)) + os.sep, ""))  # anything else inside ComfyUI
@@ -101,8 +104,11 @@ def list_models() -> list[str]:
                 continue
             found.update((here / f).relative_to(base).as_posix() for f in filenames if f.endswith(".safetensors"))
             dirnames.sort()
-    found.update(name for name in folder_paths.get_filename_list(CHECKPOINTS_KEY)
-                 if name.endswith(".safetensors") and Path(name).name.lower().startswith(COMFY_ORG_PREFIX))
+    found.update(
+        name
+        for name in folder_paths.get_filename_list(CHECKPOINTS_KEY)
+        if name.endswith(".safetensors") and Path(name).name.lower().startswith(COMFY_ORG_PREFIX)
+    )
     return sorted(found)
 
 
@@ -124,14 +130,18 @@ def resolve_model(name: str) -> Path:
     checkpoint = folder_paths.get_full_path(CHECKPOINTS_KEY, name) if name.endswith(".safetensors") else None
     if checkpoint is not None:
         return Path(checkpoint)
-    raise ValueError(f"Stable Audio 3 model {name!r} not found in {_shown(MODELS_KEY)} or {_shown(CHECKPOINTS_KEY)} "
-                     f"(expected an official model folder with {MODEL_CONFIG}, or a .safetensors file)")
+    raise ValueError(
+        f"Stable Audio 3 model {name!r} not found in {_shown(MODELS_KEY)} or {_shown(CHECKPOINTS_KEY)} "
+        f"(expected an official model folder with {MODEL_CONFIG}, or a .safetensors file)"
+    )
 
 
 def no_model_message() -> str:
-    return (f"No Stable Audio 3 model found. Put an official model folder (model_config.json, model.safetensors, "
-            f"t5gemma-b-b-ul2/) or a Comfy-Org stable_audio_3_*.safetensors file in {_shown(MODELS_KEY)} (single "
-            f"files also in {_shown(CHECKPOINTS_KEY)}), then refresh.")
+    return (
+        f"No Stable Audio 3 model found. Put an official model folder (model_config.json, model.safetensors, "
+        f"t5gemma-b-b-ul2/) or a Comfy-Org stable_audio_3_*.safetensors file in {_shown(MODELS_KEY)} (single "
+        f"files also in {_shown(CHECKPOINTS_KEY)}), then refresh."
+    )
 
 
 def _part_of_a_folder(name: str) -> bool:
@@ -142,8 +152,11 @@ def _part_of_a_folder(name: str) -> bool:
 def list_text_encoders() -> list[str]:
     """``.safetensors`` files and T5Gemma folders (``config.json`` inside) in models/text_encoders; a
     folder's own weights are not listed a second time as a file."""
-    found = set(f for f in folder_paths.get_filename_list(TEXT_ENCODERS_KEY)
-                if f.endswith(".safetensors") and not _part_of_a_folder(f))
+    found = set(
+        f
+        for f in folder_paths.get_filename_list(TEXT_ENCODERS_KEY)
+        if f.endswith(".safetensors") and not _part_of_a_folder(f)
+    )
     for base in _folders(TEXT_ENCODERS_KEY):
         if base.is_dir():
             found.update(p.name for p in base.iterdir() if p.is_dir() and (p / "config.json").is_file())
@@ -162,11 +175,15 @@ def resolve_text_encoder(name: str, model_path: Path) -> Path | None:
         return None
     candidates = [n for n in list_text_encoders() if "t5gemma" in n.lower()]
     if not candidates:
-        raise ValueError(f"{model_path.name} is a single-file checkpoint without a text encoder: put the Comfy-Org "
-                         "t5gemma_b_b_ul2.safetensors in models/text_encoders and choose it as text_encoder")
+        raise ValueError(
+            f"{model_path.name} is a single-file checkpoint without a text encoder: put the Comfy-Org "
+            "t5gemma_b_b_ul2.safetensors in models/text_encoders and choose it as text_encoder"
+        )
     if len(candidates) > 1:
-        raise ValueError(f"several T5Gemma text encoders in {_shown(TEXT_ENCODERS_KEY)} ({', '.join(candidates)}); "
-                         "choose one as text_encoder")
+        raise ValueError(
+            f"several T5Gemma text encoders in {_shown(TEXT_ENCODERS_KEY)} ({', '.join(candidates)}); "
+            "choose one as text_encoder"
+        )
     return resolve_text_encoder(candidates[0], model_path)
 
 
@@ -186,7 +203,7 @@ def resolve_lora(name: str) -> Path:
 def fingerprint(path: Path) -> str:
     """Changes when a model file or folder is replaced on disk, so the Loader reloads it."""
     parts = []
-    for p in ([path / MODEL_CONFIG, path / "model.safetensors"] if path.is_dir() else [path]):
+    for p in [path / MODEL_CONFIG, path / "model.safetensors"] if path.is_dir() else [path]:
         try:
             stat = p.stat()
             parts.append(f"{p}:{stat.st_size}:{stat.st_mtime_ns}")

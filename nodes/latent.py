@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import torch
-
 import comfy.model_management as mm
+import torch
 from comfy_api.latest import io
 
 from ..sa3_core.inpaint import continuation_region, regions_per_item
 from ..sa3_core.validation import MAX_BATCH, validate_batch_size, validate_init_noise_level, validate_regions
 from .common import (
-    MODEL_TOOLTIP,
     CATEGORY,
+    MODEL_TOOLTIP,
     SA3ConditioningType,
     SA3LatentInfo,
     SA3ModelType,
@@ -40,19 +39,43 @@ class SA3EmptyLatent(io.ComfyNode):
             ),
             inputs=[
                 SA3ModelType.Input("model", tooltip=MODEL_TOOLTIP),
-                io.Float.Input("duration", default=10.0, min=0.1, max=MAX_SECONDS, step=0.1, tooltip=(
-                    "Seconds of audio per item, used only when no conditioning is connected (then it must match "
-                    "the Text Encode duration; at most 120 s for SA3).")),
-                io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip=(
-                    "How many clips to generate at once (each from its own noise); used only when no "
-                    "conditioning is connected.")),
-                SA3ConditioningType.Input("conditioning", optional=True, tooltip=(
-                    "Connect the Text Encode output here: the batch size and each item's duration then come from "
-                    "the conditioning (one item per prompt, per-item durations) and the duration and batch_size "
-                    "widgets are ignored, so durations are set in one place.")),
+                io.Float.Input(
+                    "duration",
+                    default=10.0,
+                    min=0.1,
+                    max=MAX_SECONDS,
+                    step=0.1,
+                    tooltip=(
+                        "Seconds of audio per item, used only when no conditioning is connected (then it must match "
+                        "the Text Encode duration; at most 120 s for SA3)."
+                    ),
+                ),
+                io.Int.Input(
+                    "batch_size",
+                    default=1,
+                    min=1,
+                    max=MAX_BATCH,
+                    tooltip=(
+                        "How many clips to generate at once (each from its own noise); used only when no "
+                        "conditioning is connected."
+                    ),
+                ),
+                SA3ConditioningType.Input(
+                    "conditioning",
+                    optional=True,
+                    tooltip=(
+                        "Connect the Text Encode output here: the batch size and each item's duration then come from "
+                        "the conditioning (one item per prompt, per-item durations) and the duration and batch_size "
+                        "widgets are ignored, so durations are set in one place."
+                    ),
+                ),
             ],
-            outputs=[io.Latent.Output(display_name="latent", tooltip=(
-                "The window to generate in (empty; the sampler draws the noise from its seed)."))],
+            outputs=[
+                io.Latent.Output(
+                    display_name="latent",
+                    tooltip=("The window to generate in (empty; the sampler draws the noise from its seed)."),
+                )
+            ],
         )
 
     @classmethod
@@ -81,9 +104,17 @@ class SA3InitAudioEncode(io.ComfyNode):
                 SA3ModelType.Input("model", tooltip=MODEL_TOOLTIP),
                 io.Latent.Input("latent", tooltip="The window to generate in (from Empty Latent)."),
                 io.Audio.Input("audio", tooltip="The clip to transform (a single clip, any sample rate)."),
-                io.Float.Input("noise_level", default=0.9, min=0.01, max=1.0, step=0.01, tooltip=(
-                    "How much to change the input: the sampler starts at this noise level. Lower keeps more of the "
-                    "input; 1.0 ignores it. 0.9 is the official demo's default.")),
+                io.Float.Input(
+                    "noise_level",
+                    default=0.9,
+                    min=0.01,
+                    max=1.0,
+                    step=0.01,
+                    tooltip=(
+                        "How much to change the input: the sampler starts at this noise level. Lower keeps more of the "
+                        "input; 1.0 ignores it. 0.9 is the official demo's default."
+                    ),
+                ),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The latent with the init audio attached.")],
         )
@@ -97,8 +128,12 @@ class SA3InitAudioEncode(io.ComfyNode):
         model.load_parts("vae", memory_required=vae_memory(window.audio_samples, 1))
         latents = model.core.encode_audio(clip, window, name="init_audio")
         samples = latents.expand(window.batch_size, -1, -1).float().contiguous()
-        return io.NodeOutput(make_latent(samples, SA3LatentInfo(
-            window=window, init_noise_level=float(noise_level), local_add_cond=info.local_add_cond)))
+        return io.NodeOutput(
+            make_latent(
+                samples,
+                SA3LatentInfo(window=window, init_noise_level=float(noise_level), local_add_cond=info.local_add_cond),
+            )
+        )
 
 
 class SA3InpaintMask(io.ComfyNode):
@@ -116,12 +151,23 @@ class SA3InpaintMask(io.ComfyNode):
                 SA3ModelType.Input("model", tooltip=MODEL_TOOLTIP),
                 io.Latent.Input("latent", tooltip="The window to generate in (from Empty Latent or Init Audio)."),
                 io.Audio.Input("audio", tooltip="The source clip whose audio is kept outside the regions."),
-                io.Combo.Input("mode", options=list(INPAINT_MODES), default="regions", tooltip=(
-                    "regions: regenerate the regions below. continuation: regenerate everything after the end of "
-                    "the source clip (the regions are ignored).")),
-                io.String.Input("regions", default="2.0-4.0", tooltip=(
-                    "Seconds to regenerate, start-end, several separated by commas: e.g. '0.5-1.0, 2.5-3.5'. "
-                    "Each start must be before its end and before the output's duration.")),
+                io.Combo.Input(
+                    "mode",
+                    options=list(INPAINT_MODES),
+                    default="regions",
+                    tooltip=(
+                        "regions: regenerate the regions below. continuation: regenerate everything after the end of "
+                        "the source clip (the regions are ignored)."
+                    ),
+                ),
+                io.String.Input(
+                    "regions",
+                    default="2.0-4.0",
+                    tooltip=(
+                        "Seconds to regenerate, start-end, several separated by commas: e.g. '0.5-1.0, 2.5-3.5'. "
+                        "Each start must be before its end and before the output's duration."
+                    ),
+                ),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The latent with the inpaint mask attached.")],
         )
@@ -151,5 +197,13 @@ class SA3InpaintMask(io.ComfyNode):
         model.load_parts("vae", memory_required=vae_memory(window.audio_samples, 1))
         source = model.core.encode_inpaint_source((sample_rate, samples), window)
         local = model.core.inpaint_condition(window, source, regions=item_regions)
-        return io.NodeOutput(make_latent(latent["samples"], SA3LatentInfo(
-            window=window, init_noise_level=info.init_noise_level, local_add_cond=local.float().to(mm.intermediate_device()))))
+        return io.NodeOutput(
+            make_latent(
+                latent["samples"],
+                SA3LatentInfo(
+                    window=window,
+                    init_noise_level=info.init_noise_level,
+                    local_add_cond=local.float().to(mm.intermediate_device()),
+                ),
+            )
+        )

@@ -23,15 +23,35 @@ class SA3LoRAApply(io.ComfyNode):
                 "of the graph keep the plain model, and changing a LoRA or its strength never reloads the checkpoint."
             ),
             inputs=[
-                SA3ModelType.Input("model", tooltip="The model to add this LoRA to (the loader, or the previous Apply LoRA to stack them)."),
-                io.Combo.Input("lora_name", options=files.list_loras() or [files.NO_LORA], tooltip=(
-                    "An SA3 LoRA .safetensors file from models/loras.")),
-                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05, tooltip=(
-                    "1 = as trained, 0 = off, above 1 amplifies, negative subtracts. DoRA/BoRA strengths move "
-                    "linearly from the plain model (0) to the trained weights (1).")),
-                io.Combo.Input("target", options=list(LORA_TARGETS), default="dit and conditioner", tooltip=(
-                    "Which parts the strength applies to: the diffusion transformer (sound and style), the "
-                    "conditioner (how prompts and durations are read), or both (as trained); the other part gets 0.")),
+                SA3ModelType.Input(
+                    "model",
+                    tooltip="The model to add this LoRA to (the loader, or the previous Apply LoRA to stack them).",
+                ),
+                io.Combo.Input(
+                    "lora_name",
+                    options=files.list_loras() or [files.NO_LORA],
+                    tooltip=("An SA3 LoRA .safetensors file from models/loras."),
+                ),
+                io.Float.Input(
+                    "strength",
+                    default=1.0,
+                    min=-10.0,
+                    max=10.0,
+                    step=0.05,
+                    tooltip=(
+                        "1 = as trained, 0 = off, above 1 amplifies, negative subtracts. DoRA/BoRA strengths move "
+                        "linearly from the plain model (0) to the trained weights (1)."
+                    ),
+                ),
+                io.Combo.Input(
+                    "target",
+                    options=list(LORA_TARGETS),
+                    default="dit and conditioner",
+                    tooltip=(
+                        "Which parts the strength applies to: the diffusion transformer (sound and style), the "
+                        "conditioner (how prompts and durations are read), or both (as trained); the other part gets 0."
+                    ),
+                ),
             ],
             outputs=[SA3ModelType.Output(display_name="model", tooltip="The model with this LoRA added to its stack.")],
         )
@@ -47,7 +67,9 @@ class SA3LoRAApply(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model, lora_name: str, strength: float = 1.0, target: str = "dit and conditioner") -> io.NodeOutput:
+    def execute(
+        cls, model, lora_name: str, strength: float = 1.0, target: str = "dit and conditioner"
+    ) -> io.NodeOutput:
         choose("target", target, list(LORA_TARGETS))
         with files.relative_paths_in_errors():
             path = files.resolve_lora(lora_name)

@@ -36,13 +36,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from torch import nn
-
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
+import torch
 from comfy.weight_adapter import WeightAdapterBase
+from torch import nn
 
 from ..sa3_core.checkpoint import load_components
 from ..sa3_core.lora import PlannedAdapter, adaptable_weights, plan_lora_stack, validate_strength
@@ -121,24 +120,43 @@ class _StackPatch(WeightAdapterBase):
         self.weights = weights
 
     @classmethod
-    def of_stack(cls, planned: list[PlannedAdapter], dtype: torch.dtype) -> "_StackPatch":
+    def of_stack(cls, planned: list[PlannedAdapter], dtype: torch.dtype) -> _StackPatch:
         """The patch for one weight of ``sa3_core.lora.plan_lora_stack``; the LoRA names are for the message
         when the merged weight is not finite."""
-        layers = tuple((p.adapter.adapter_type, p.adapter.rank, p.adapter.scaling, float(p.strength),
-                        tuple(p.adapter.tensors().items())) for p in planned)
+        layers = tuple(
+            (
+                p.adapter.adapter_type,
+                p.adapter.rank,
+                p.adapter.scaling,
+                float(p.strength),
+                tuple(p.adapter.tensors().items()),
+            )
+            for p in planned
+        )
         return cls(set(), (dtype, layers, tuple(p.lora_name for p in planned)))
 
     def calculate_shape(self, key: str) -> None:
         return None  # a LoRA stack never changes a weight's shape
 
-    def calculate_weight(self, weight, key, strength, strength_model, offset, function,
-                         intermediate_dtype=torch.float32, original_weight=None):
+    def calculate_weight(
+        self,
+        weight,
+        key,
+        strength,
+        strength_model,
+        offset,
+        function,
+        intermediate_dtype=torch.float32,
+        original_weight=None,
+    ):
         dtype, layers, loras = self.weights
-        adapters = [Adapter(adapter_type, rank, scaling, **dict(tensors))
-                    for adapter_type, rank, scaling, _, tensors in layers]
+        adapters = [
+            Adapter(adapter_type, rank, scaling, **dict(tensors)) for adapter_type, rank, scaling, _, tensors in layers
+        ]
         strengths = [layer[3] for layer in layers]
-        return effective_weight(weight.to(dtype), adapters, strengths, dora_mode="linear",
-                                name=f"{key} (LoRA {', '.join(loras)})").to(weight.dtype)
+        return effective_weight(
+            weight.to(dtype), adapters, strengths, dora_mode="linear", name=f"{key} (LoRA {', '.join(loras)})"
+        ).to(weight.dtype)
 
 
 @dataclass
@@ -155,17 +173,23 @@ class SA3Model:
     # -- loading ------------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: Path, *, text_encoder: Path | None, dtype: str, attention: str, base: bool,
-             weights: str = "default") -> "SA3Model":
+    def load(
+        cls, path: Path, *, text_encoder: Path | None, dtype: str, attention: str, base: bool, weights: str = "default"
+    ) -> SA3Model:
         load_device = mm.get_torch_device()
         dtypes = component_dtypes(load_device, DTYPES[dtype])  # for the compute device, not the offload one
         weights_dtype = dtypes.dit
         weight_storage = WEIGHT_DTYPES[weights]
         components = load_components(
-            path, device=mm.unet_offload_device(), dtype=weights_dtype, autoencoder_dtype=dtypes.autoencoder,
-            weight_dtype=weight_storage, text_encoder_path=text_encoder,
+            path,
+            device=mm.unet_offload_device(),
+            dtype=weights_dtype,
+            autoencoder_dtype=dtypes.autoencoder,
+            weight_dtype=weight_storage,
+            text_encoder_path=text_encoder,
             operations=comfy.ops.disable_weight_init if weight_storage is None else comfy.ops.manual_cast,
-            attention_backend=attention, base=base,
+            attention_backend=attention,
+            base=base,
         )
         core = StableAudioModel(components, device=load_device, dtype=weights_dtype)
         text_modules = {"conditioners": core.conditioners}
@@ -173,11 +197,15 @@ class SA3Model:
             text_modules["text_encoder"] = core.text_encoder.model
         patcher = _host_patcher_class()
         parts = {
-            "text": patcher(SA3TextPart(**text_modules), load_device=load_device,
-                            offload_device=mm.text_encoder_offload_device()),
+            "text": patcher(
+                SA3TextPart(**text_modules), load_device=load_device, offload_device=mm.text_encoder_offload_device()
+            ),
             "dit": patcher(SA3DiTPart(dit=core.dit), load_device=load_device, offload_device=mm.unet_offload_device()),
-            "vae": patcher(SA3VAEPart(autoencoder=core.autoencoder), load_device=load_device,
-                           offload_device=mm.vae_offload_device()),
+            "vae": patcher(
+                SA3VAEPart(autoencoder=core.autoencoder),
+                load_device=load_device,
+                offload_device=mm.vae_offload_device(),
+            ),
         }
         return cls(core=core, name=path.name, parts=parts, base_parts=dict(parts))
 
@@ -200,14 +228,16 @@ class SA3Model:
 
     # -- LoRA ---------------------------------------------------------------------------------------
 
-    def with_lora(self, path: Path, strength: float, targets: tuple[str, ...]) -> "SA3Model":
+    def with_lora(self, path: Path, strength: float, targets: tuple[str, ...]) -> SA3Model:
         """A new SA3Model with one more LoRA on the stack; this one (and its weights) is unchanged.
         ``targets``: the LoRA targets ("dit", "conditioner") ``strength`` applies to; the others get 0."""
         file, strength = read_lora_file(path), validate_strength(strength)
         lora = (file, {t: strength if t in targets else 0.0 for t in _LORA_TARGET_PART})
         loras = self.loras + (lora,)
-        modules = {target: self.base_parts[part].model.get_submodule(module)
-                   for target, (part, module) in _LORA_TARGET_PART.items()}
+        modules = {
+            target: self.base_parts[part].model.get_submodule(module)
+            for target, (part, module) in _LORA_TARGET_PART.items()
+        }
         weights = {target: adaptable_weights(module) for target, module in modules.items()}
         patches: dict[str, dict[str, _StackPatch]] = {part: {} for part, _ in _LORA_TARGET_PART.values()}
         for (target, path_in_target), planned in plan_lora_stack(loras, weights).items():

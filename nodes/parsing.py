@@ -128,7 +128,7 @@ def _split_range(text: str) -> tuple[str, str] | None:
             return start, end
     for i in range(1, len(text)):
         if text[i] == "-" and text[i - 1] not in "eE":
-            return text[:i], text[i + 1:]
+            return text[:i], text[i + 1 :]
     return None
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..sa3_core.pipeline import PromptConditioning
+from ..sa3_core.sampling import SAMPLERS, GuidanceOptions
 from ..sa3_core.validation import MAX_SEED, finite_number, validate_seed
 from ..sa3_core.window import Window
-from ..sa3_core.sampling import SAMPLERS, GuidanceOptions
 from .common import (
-    MODEL_TOOLTIP,
     CATEGORY,
+    MODEL_TOOLTIP,
     SA3ConditioningType,
     SA3LatentInfo,
     SA3ModelType,
@@ -70,38 +70,99 @@ class SA3RFSampler(io.ComfyNode):
             ),
             inputs=[
                 SA3ModelType.Input("model", tooltip=MODEL_TOOLTIP),
-                SA3ConditioningType.Input("conditioning", tooltip="From Stable Audio 3 Text Encode: prompts and durations, one per item (or one prompt for every item)."),
+                SA3ConditioningType.Input(
+                    "conditioning",
+                    tooltip=(
+                        "From Stable Audio 3 Text Encode: prompts and durations, one per item (or one prompt for "
+                        "every item)."
+                    ),
+                ),
                 io.Latent.Input("latent", tooltip="From Empty Latent, Init Audio or Inpaint / Continue."),
-                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True, tooltip=(
-                    "Noise seed; the same seed and settings reproduce the same audio.")),
-                io.Int.Input("steps", default=0, min=0, max=1000, tooltip=(
-                    "Sampling steps. 0 = the model's recommendation: 8 for the post-trained models, 50 for the "
-                    "-base models.")),
-                io.Float.Input("cfg", default=0.0, min=0.0, max=30.0, step=0.1, round=0.01, tooltip=(
-                    "Classifier-free guidance scale. 0 = the model's recommendation: 1 (no guidance) for the "
-                    "post-trained models, 7 for the -base models. The negative prompt only acts above 1.")),
-                io.Float.Input("apg_scale", default=1.0, min=0.0, max=1.0, step=0.05, tooltip=(
-                    "Adaptive projected guidance (only with cfg > 1): 1 = APG (official default, fewer "
-                    "artefacts at high cfg), 0 = plain CFG, in between blends.")),
-                io.Combo.Input("sampler", options=list(SAMPLER_CHOICES), default=AUTO, tooltip=(
-                    "auto: pingpong for post-trained models, euler for -base models (official choice). "
-                    "rk4 and dpmpp are alternatives for the -base models.")),
-                io.Float.Input("shift", default=0.0, min=0.0, max=100.0, step=0.05, tooltip=(
-                    "Timestep schedule. 0 = the model's own (official log-SNR schedule). Above 0: a constant "
-                    "flow shift t' = s·t / (1 + (s-1)·t) as ComfyUI's ModelSamplingSD3 (1 = linear; larger "
-                    "spends more steps at high noise).")),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=MAX_SEED,
+                    control_after_generate=True,
+                    tooltip=("Noise seed; the same seed and settings reproduce the same audio."),
+                ),
+                io.Int.Input(
+                    "steps",
+                    default=0,
+                    min=0,
+                    max=1000,
+                    tooltip=(
+                        "Sampling steps. 0 = the model's recommendation: 8 for the post-trained models, 50 for the "
+                        "-base models."
+                    ),
+                ),
+                io.Float.Input(
+                    "cfg",
+                    default=0.0,
+                    min=0.0,
+                    max=30.0,
+                    step=0.1,
+                    round=0.01,
+                    tooltip=(
+                        "Classifier-free guidance scale. 0 = the model's recommendation: 1 (no guidance) for the "
+                        "post-trained models, 7 for the -base models. The negative prompt only acts above 1."
+                    ),
+                ),
+                io.Float.Input(
+                    "apg_scale",
+                    default=1.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    tooltip=(
+                        "Adaptive projected guidance (only with cfg > 1): 1 = APG (official default, fewer "
+                        "artefacts at high cfg), 0 = plain CFG, in between blends."
+                    ),
+                ),
+                io.Combo.Input(
+                    "sampler",
+                    options=list(SAMPLER_CHOICES),
+                    default=AUTO,
+                    tooltip=(
+                        "auto: pingpong for post-trained models, euler for -base models (official choice). "
+                        "rk4 and dpmpp are alternatives for the -base models."
+                    ),
+                ),
+                io.Float.Input(
+                    "shift",
+                    default=0.0,
+                    min=0.0,
+                    max=100.0,
+                    step=0.05,
+                    tooltip=(
+                        "Timestep schedule. 0 = the model's own (official log-SNR schedule). Above 0: a constant "
+                        "flow shift t' = s·t / (1 + (s-1)·t) as ComfyUI's ModelSamplingSD3 (1 = linear; larger "
+                        "spends more steps at high noise)."
+                    ),
+                ),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="Clean latents; decode with VAE Decode.")],
         )
 
     @classmethod
-    def execute(cls, model, conditioning, latent, seed: int, steps: int = 0, cfg: float = 0.0,
-                apg_scale: float = 1.0, sampler: str = AUTO, shift: float = 0.0) -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        conditioning,
+        latent,
+        seed: int,
+        steps: int = 0,
+        cfg: float = 0.0,
+        apg_scale: float = 1.0,
+        sampler: str = AUTO,
+        shift: float = 0.0,
+    ) -> io.NodeOutput:
         info = sa3_info(latent, "Sampler")
         choose("sampler", sampler, SAMPLER_CHOICES)
         # ComfyUI's min/max checks let NaN through, and `cfg or default` would keep it.
-        cfg, apg_scale, shift = (finite_number(value, name) for value, name in
-                                 ((cfg, "cfg"), (apg_scale, "apg_scale"), (shift, "shift")))
+        cfg, apg_scale, shift = (
+            finite_number(value, name) for value, name in ((cfg, "cfg"), (apg_scale, "apg_scale"), (shift, "shift"))
+        )
         validate_seed(seed)
         core = model.core
         window = info.window
@@ -118,9 +179,16 @@ class SA3RFSampler(io.ComfyNode):
         noise, generator = core.initial_noise(window, seed)
         init_latents = None if info.init_noise_level is None else latent["samples"].to(device)
         latents = core.sample_latents(
-            noise, generator, dit_cond, window, steps=steps, guidance=guidance,
-            sampler=None if sampler == AUTO else sampler, init_latents=init_latents,
+            noise,
+            generator,
+            dit_cond,
+            window,
+            steps=steps,
+            guidance=guidance,
+            sampler=None if sampler == AUTO else sampler,
+            init_latents=init_latents,
             init_noise_level=info.init_noise_level if info.init_noise_level is not None else 1.0,
-            dist_shift=dist_shift, callback=step_callback(steps),
+            dist_shift=dist_shift,
+            callback=step_callback(steps),
         )
         return io.NodeOutput(make_latent(latents, SA3LatentInfo(window=window)))

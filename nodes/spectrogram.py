@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
-
 from comfy_api.latest import io
+from PIL import Image, ImageDraw, ImageFont
 
 from ..sa3_core.spectrogram import SCALES, Spectrogram, colorize, spectrogram
 from .common import CATEGORY
@@ -74,29 +73,57 @@ class SA3Spectrogram(io.ComfyNode):
             ),
             inputs=[
                 io.Audio.Input("audio", tooltip="Any audio: the VAE Decode output, a Load Audio clip, ..."),
-                io.Combo.Input("frequency_scale", options=list(SCALES), default="mel", tooltip=(
-                    "mel: 128 mel bands from 20 Hz (more room for low and middle frequencies, as we hear them). "
-                    "linear: every FFT bin from 0 Hz to Nyquist.")),
-                io.Float.Input("dynamic_range_db", default=80.0, min=10.0, max=200.0, step=1.0, tooltip=(
-                    "Levels from 0 dB (brightest) down to minus this many dB (black).")),
-                io.Int.Input("width", default=1024, min=64, max=4096, step=8, tooltip=(
-                    "Width of the plot in pixels (the whole clip; labels add a margin).")),
-                io.Int.Input("height", default=256, min=32, max=2048, step=8, tooltip=(
-                    "Height of the plot in pixels (labels add a margin).")),
+                io.Combo.Input(
+                    "frequency_scale",
+                    options=list(SCALES),
+                    default="mel",
+                    tooltip=(
+                        "mel: 128 mel bands from 20 Hz (more room for low and middle frequencies, as we hear them). "
+                        "linear: every FFT bin from 0 Hz to Nyquist."
+                    ),
+                ),
+                io.Float.Input(
+                    "dynamic_range_db",
+                    default=80.0,
+                    min=10.0,
+                    max=200.0,
+                    step=1.0,
+                    tooltip=("Levels from 0 dB (brightest) down to minus this many dB (black)."),
+                ),
+                io.Int.Input(
+                    "width",
+                    default=1024,
+                    min=64,
+                    max=4096,
+                    step=8,
+                    tooltip=("Width of the plot in pixels (the whole clip; labels add a margin)."),
+                ),
+                io.Int.Input(
+                    "height",
+                    default=256,
+                    min=32,
+                    max=2048,
+                    step=8,
+                    tooltip=("Height of the plot in pixels (labels add a margin)."),
+                ),
             ],
-            outputs=[io.Image.Output(display_name="image", tooltip=(
-                "One labelled spectrogram per batch item (IMAGE batch).")),
+            outputs=[
+                io.Image.Output(
+                    display_name="image", tooltip=("One labelled spectrogram per batch item (IMAGE batch).")
+                ),
             ],
         )
 
     @classmethod
-    def execute(cls, audio, frequency_scale: str = "mel", dynamic_range_db: float = 80.0, width: int = 1024,
-                height: int = 256) -> io.NodeOutput:
+    def execute(
+        cls, audio, frequency_scale: str = "mel", dynamic_range_db: float = 80.0, width: int = 1024, height: int = 256
+    ) -> io.NodeOutput:
         if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
             raise ValueError("Spectrogram: audio is not an AUDIO value (expected waveform and sample_rate)")
         waveform = audio["waveform"]
-        spec = spectrogram(waveform, int(audio["sample_rate"]), scale=frequency_scale, width=width,
-                           dynamic_range_db=dynamic_range_db)
+        spec = spectrogram(
+            waveform, int(audio["sample_rate"]), scale=frequency_scale, width=width, dynamic_range_db=dynamic_range_db
+        )
         plots = (colorize(spec, width, height) * 255).round().to(torch.uint8).numpy()
         kind = "log-mel" if frequency_scale == "mel" else "log-magnitude"
         images = []

@@ -138,6 +138,14 @@ def dense_band_mask(n_q: int, n_k: int, window: Window, device: torch.device | N
 _BAND_GROUP_TOKENS = 4096
 
 
+def _key_strips(t: torch.Tensor, k_lo: int, k_hi: int, span: int, size: int) -> torch.Tensor:
+    """Overlapping key strips of positions ``k_lo:k_hi`` (zero-padded where they leave the sequence), one per
+    query block of ``size``: (B, H, blocks, span, D), a view of the padded slice."""
+    n = t.shape[2]
+    piece = F.pad(t[:, :, max(k_lo, 0) : min(k_hi, n)], (0, 0, max(0, -k_lo), k_hi - min(k_hi, n)))
+    return piece.unfold(2, span, size).transpose(-1, -2)
+
+
 def band_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -191,14 +199,8 @@ def band_attention(
         q_part = F.pad(q[:, :, q_lo:q_hi], (0, 0, 0, (last - first) * size - (q_hi - q_lo)))
         q_part = q_part.view(batch, heads, last - first, size, dim)
         k_lo, k_hi = (first - blocks_left) * size, (last + blocks_right) * size
-        edges = (0, 0, max(0, -k_lo), k_hi - min(k_hi, n))
-
-        def strips(t: torch.Tensor) -> torch.Tensor:
-            # Overlapping key strips, one per query block: (B, H, blocks, span, D), a view of the slice.
-            piece = F.pad(t[:, :, max(k_lo, 0):min(k_hi, n)], edges)
-            return piece.unfold(2, span, size).transpose(-1, -2)
-
-        attended = F.scaled_dot_product_attention(q_part, strips(k), strips(v), attn_mask=mask[first:last])
+        keys, values = (_key_strips(t, k_lo, k_hi, span, size) for t in (k, v))
+        attended = F.scaled_dot_product_attention(q_part, keys, values, attn_mask=mask[first:last])
         out[:, :, q_lo:q_hi] = attended.reshape(batch, heads, -1, dim)[:, :, : q_hi - q_lo]
     return out
 

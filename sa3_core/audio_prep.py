@@ -9,12 +9,12 @@ is bounded for any pair of rates) and zero-padded or cut to a length.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from .validation import validate_audio, validate_sample_rate
 from .resample import input_samples_needed, resample
+from .validation import validate_audio, validate_sample_rate
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,10 @@ def channels_first(samples: object, name: str = "audio") -> torch.Tensor:
     if samples.ndim == 1:
         samples = samples[None]
     if samples.ndim != 2:
-        raise ValueError(f"{name}: expected (samples,), (channels, samples) or (1, channels, samples), "
-                         f"got shape {tuple(samples.shape)}")
+        raise ValueError(
+            f"{name}: expected (samples,), (channels, samples) or (1, channels, samples), "
+            f"got shape {tuple(samples.shape)}"
+        )
     validate_audio(samples, name)
     return samples
 
@@ -57,8 +59,12 @@ def model_channels(samples: torch.Tensor, channels: int, name: str = "audio") ->
     if samples.shape[0] == 1:
         return samples.repeat(channels, 1)
     if samples.shape[0] > channels:
-        logger.warning("%s has %d channels; using the first %d (front left and right), as the official code does",
-                       name, samples.shape[0], channels)
+        logger.warning(
+            "%s has %d channels; using the first %d (front left and right), as the official code does",
+            name,
+            samples.shape[0],
+            channels,
+        )
     return samples[:channels]
 
 
@@ -70,8 +76,9 @@ def fit_length(samples: torch.Tensor, length: int) -> torch.Tensor:
     return fitted
 
 
-def prepare(audio: object, *, length: int, sample_rate: int, channels: int, device: torch.device | str,
-            name: str = "audio") -> torch.Tensor:
+def prepare(
+    audio: object, *, length: int, sample_rate: int, channels: int, device: torch.device | str, name: str = "audio"
+) -> torch.Tensor:
     """The official ``prepare_audio``: a ``(rate, samples)`` / ``(samples, rate)`` pair -> (channels, length)
     float32 on ``device`` at ``sample_rate``.
 
@@ -85,8 +92,9 @@ def prepare(audio: object, *, length: int, sample_rate: int, channels: int, devi
     return fit_length(resample(samples, rate, sample_rate), length)
 
 
-def encoder_batch(clips: Sequence[object], rates: int | Sequence[int], sample_rate: int, multiple: int,
-                  channels: int) -> torch.Tensor:
+def encoder_batch(
+    clips: Sequence[object], rates: int | Sequence[int], sample_rate: int, multiple: int, channels: int
+) -> torch.Tensor:
     """The official ``preprocess_audio_list_for_encoder``: clips of any length, rate and channel count ->
     one (B, channels, T) batch at ``sample_rate``, every clip zero-padded to the longest, T rounded up to a
     multiple of ``multiple`` (the samples per latent). ``rates``: one per clip, or one for all."""

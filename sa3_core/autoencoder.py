@@ -38,14 +38,15 @@ class AutoencoderModel:
         dtype: torch.dtype = torch.float32,
         models_dir: str | Path | None = None,
         attention_backend: str = "auto",
-    ) -> "AutoencoderModel":
+    ) -> AutoencoderModel:
         """Load ``same-s`` / ``same-l`` (offline, see the module docs), a SAME or SA3 folder, or a file.
         ``device`` defaults to cuda -> mps -> cpu; ``dtype`` to float32 as the official code (on MPS bf16
         becomes float32: sa3_core.precision)."""
         device = torch.device(device) if device is not None else default_device()
         path = hub.resolve_autoencoder(model_name_or_path, models_dir=models_dir)
-        loaded = load_autoencoder(path, device=device, dtype=autoencoder_dtype(device, dtype),
-                                  attention_backend=attention_backend)
+        loaded = load_autoencoder(
+            path, device=device, dtype=autoencoder_dtype(device, dtype), attention_backend=attention_backend
+        )
         return AutoencoderModel(loaded.autoencoder, loaded.config.sample_rate, device)
 
     @property
@@ -53,8 +54,14 @@ class AutoencoderModel:
         return next(self.autoencoder.parameters()).dtype
 
     @torch.inference_mode()
-    def encode(self, audio: torch.Tensor | list[torch.Tensor], sr: int | list[int], chunked: bool = False,
-               chunk_size: int = 128, overlap: int = 32) -> torch.Tensor:
+    def encode(
+        self,
+        audio: torch.Tensor | list[torch.Tensor],
+        sr: int | list[int],
+        chunked: bool = False,
+        chunk_size: int = 128,
+        overlap: int = 32,
+    ) -> torch.Tensor:
         """Audio -> latents (B, 256, latent frames). ``audio``: one clip (C, T), a list of clips (``sr`` one
         rate or one per clip) or a (B, C, T) batch; resampled, channel-fitted and zero-padded to whole
         latents first. ``chunked``: overlapping chunks of ``chunk_size`` latents (bounded memory)."""
@@ -62,12 +69,15 @@ class AutoencoderModel:
             audio = list(audio)
         clips = audio if isinstance(audio, list) else [audio]
         batch = self.autoencoder.preprocess_audio_list_for_encoder(clips, sr)
-        return self.autoencoder.encode_audio(batch.to(device=self.device, dtype=self._dtype), chunked=chunked,
-                                             chunk_size=chunk_size, overlap=overlap)
+        return self.autoencoder.encode_audio(
+            batch.to(device=self.device, dtype=self._dtype), chunked=chunked, chunk_size=chunk_size, overlap=overlap
+        )
 
     @torch.inference_mode()
-    def decode(self, latents: torch.Tensor, chunked: bool = False, chunk_size: int = 128,
-               overlap: int = 32) -> torch.Tensor:
+    def decode(
+        self, latents: torch.Tensor, chunked: bool = False, chunk_size: int = 128, overlap: int = 32
+    ) -> torch.Tensor:
         """Latents (B, 256, L) -> audio (B, 2, 4096 L) in the autoencoder's dtype (not clipped, as official)."""
-        return self.autoencoder.decode_audio(latents.to(device=self.device, dtype=self._dtype), chunked=chunked,
-                                             chunk_size=chunk_size, overlap=overlap)
+        return self.autoencoder.decode_audio(
+            latents.to(device=self.device, dtype=self._dtype), chunked=chunked, chunk_size=chunk_size, overlap=overlap
+        )

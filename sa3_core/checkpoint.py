@@ -25,19 +25,20 @@ twice.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 import torch
 from safetensors import safe_open
 from torch import nn
 
+from .conditioners import Conditioners
 from .config import AutoencoderConfig, ConfigError, ModelConfig, autoencoder_config_from_dict
 from .dit import DiffusionTransformer
 from .ops import FLOAT8_DTYPES, OPS, storing
 from .same import SAMEAutoencoder
-from .conditioners import Conditioners
 from .t5gemma import (
     COMFY_IGNORED_PREFIXES,
     COMFY_SPIECE_KEY,
@@ -114,8 +115,9 @@ class SafetensorsFile:
     def read(self, key: str) -> torch.Tensor:
         """One tensor; a floating-point one must be finite (NaN weights only ever produce noise)."""
         tensor = self._file.get_tensor(key)
-        require_finite(tensor, f"{self.path}: tensor {key} holds NaN or infinite values; the file is damaged",
-                       CheckpointError)
+        require_finite(
+            tensor, f"{self.path}: tensor {key} holds NaN or infinite values; the file is damaged", CheckpointError
+        )
         return tensor
 
 
@@ -191,8 +193,13 @@ def compare_shapes(expected: Mapping[str, Shape], found: Mapping[str, Shape]) ->
     return KeyReport(
         missing=tuple(sorted(k for k in expected if k not in found)),
         unexpected=tuple(sorted(k for k in found if k not in expected)),
-        mismatched=tuple(sorted((k, tuple(found[k]), tuple(expected[k]))
-                                for k in expected if k in found and tuple(found[k]) != tuple(expected[k]))),
+        mismatched=tuple(
+            sorted(
+                (k, tuple(found[k]), tuple(expected[k]))
+                for k in expected
+                if k in found and tuple(found[k]) != tuple(expected[k])
+            )
+        ),
     )
 
 
@@ -246,8 +253,13 @@ def load_module_weights(
     return module
 
 
-def _load_checked(module: nn.Module, expected: Mapping[str, torch.Tensor], src: TensorSource, prefix: str,
-                  device: torch.device | str | None) -> None:
+def _load_checked(
+    module: nn.Module,
+    expected: Mapping[str, torch.Tensor],
+    src: TensorSource,
+    prefix: str,
+    device: torch.device | str | None,
+) -> None:
     """Load already-checked tensors; ``expected`` is a plain build's ``state_dict()`` (names, shapes, dtypes).
 
     A module whose tensors all exist on a real device gets the values copied in place, each converted to
@@ -267,20 +279,24 @@ def _load_checked(module: nn.Module, expected: Mapping[str, torch.Tensor], src: 
                 target.copy_(src.read(prefix + key).to(device=target.device, dtype=target.dtype))
         return
     target_device = torch.device(device) if device is not None else torch.device("cpu")
-    loaded = {key: src.read(prefix + key).to(device=target_device, dtype=targets.get(key, like).dtype)
-              for key, like in expected.items()}
+    loaded = {
+        key: src.read(prefix + key).to(device=target_device, dtype=targets.get(key, like).dtype)
+        for key, like in expected.items()
+    }
     name = type(module).__name__
     try:
         module.load_state_dict(loaded, strict=True, assign=True)
     except RuntimeError as exc:  # the layers of these operations want other tensors than a torch.nn build
-        raise CheckpointError(f"{src.name}: {name} built with these operations refused the checkpoint's "
-                              f"tensors ({exc})") from None
+        raise CheckpointError(
+            f"{src.name}: {name} built with these operations refused the checkpoint's tensors ({exc})"
+        ) from None
     report = compare_shapes(_shapes(expected), _shapes(module.state_dict()))
     left_on_meta = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
     if not report.ok or left_on_meta:  # layers that accepted a tensor but hold something else
         details = report.describe() or f"  still on meta: {', '.join(left_on_meta[:_LIST_LIMIT])}"
-        raise CheckpointError(f"{src.name}: {name} built with these operations did not end up holding the "
-                              f"checkpoint's tensors\n{details}")
+        raise CheckpointError(
+            f"{src.name}: {name} built with these operations did not end up holding the checkpoint's tensors\n{details}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,7 +329,9 @@ def detect_variant(shapes: Mapping[str, Shape], source: str = "<weights>") -> st
     """
     qkv = shapes.get(DIT_PREFIX + "transformer.layers.0.self_attn.to_qkv.weight")
     if qkv is None or len(qkv) != 2:
-        raise CheckpointError(f"{source}: not an SA3 checkpoint (no {DIT_PREFIX}transformer.layers.0.self_attn.to_qkv.weight)")
+        raise CheckpointError(
+            f"{source}: not an SA3 checkpoint (no {DIT_PREFIX}transformer.layers.0.self_attn.to_qkv.weight)"
+        )
     if qkv[0] == 5 * qkv[1]:
         return "medium"
     if qkv[0] == 3 * qkv[1]:
@@ -357,14 +375,20 @@ def build_modules(
         if weight_dtype not in FLOAT8_DTYPES:
             raise ValueError(f"weight storage dtype must be one of {FLOAT8_DTYPES} or None, got {weight_dtype}")
         dit_operations = storing(operations, weight_dtype)
-    dit = DiffusionTransformer(config.dit, operations=dit_operations, device=device, dtype=dtype,
-                               attention_backend=attention_backend)
+    dit = DiffusionTransformer(
+        config.dit, operations=dit_operations, device=device, dtype=dtype, attention_backend=attention_backend
+    )
     if dit_operations is not operations:
         dit.compute_dtype = dtype or torch.get_default_dtype()  # its weights' dtype is not the compute dtype
     return {
         DIT_PREFIX: dit,
-        AUTOENCODER_PREFIX: SAMEAutoencoder(config.autoencoder, operations=operations, device=device,
-                                            dtype=autoencoder_dtype or dtype, attention_backend=attention_backend),
+        AUTOENCODER_PREFIX: SAMEAutoencoder(
+            config.autoencoder,
+            operations=operations,
+            device=device,
+            dtype=autoencoder_dtype or dtype,
+            attention_backend=attention_backend,
+        ),
         CONDITIONER_PREFIX: Conditioners(config.conditioning, operations=operations, device=device, dtype=dtype),
     }
 
@@ -395,24 +419,38 @@ class TextEncoderOptions:
 class _PendingTextEncoder:
     """A text encoder whose files have been checked; :meth:`build` loads it."""
 
-    def __init__(self, path: Path, file: SafetensorsFile | None = None, key_map: dict[str, str] | None = None,
-                 tokenizer: Any = None, config_overrides: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        file: SafetensorsFile | None = None,
+        key_map: dict[str, str] | None = None,
+        tokenizer: Any = None,
+        config_overrides: Mapping[str, Any] | None = None,
+    ):
         self.path = path
         self.file = file  # None for an HF folder
         self.key_map = key_map or {}  # transformers name -> key in the file
         self.tokenizer = tokenizer  # built from the file's SentencePiece bytes
         self.config_overrides = dict(config_overrides or {})  # the file's metadata, then the caller's
 
-    def build(self, *, device, dtype, options: TextEncoderOptions,
-              weight_dtype: torch.dtype | None = None) -> T5GemmaTextEncoder:
+    def build(
+        self, *, device, dtype, options: TextEncoderOptions, weight_dtype: torch.dtype | None = None
+    ) -> T5GemmaTextEncoder:
         try:
             if self.file is None:
-                return T5GemmaTextEncoder.from_folder(self.path, device=device, dtype=dtype, weight_dtype=weight_dtype,
-                                                      max_length=options.max_length)
+                return T5GemmaTextEncoder.from_folder(
+                    self.path, device=device, dtype=dtype, weight_dtype=weight_dtype, max_length=options.max_length
+                )
             state_dict = {k: self.file.read(v) for k, v in self.key_map.items()}
             return T5GemmaTextEncoder.from_state_dict(
-                state_dict, self.tokenizer, device=device, dtype=dtype, source=str(self.path),
-                weight_dtype=weight_dtype, max_length=options.max_length, **self.config_overrides,
+                state_dict,
+                self.tokenizer,
+                device=device,
+                dtype=dtype,
+                source=str(self.path),
+                weight_dtype=weight_dtype,
+                max_length=options.max_length,
+                **self.config_overrides,
             )
         except TextEncoderError as exc:
             raise CheckpointError(str(exc)) from None
@@ -492,8 +530,10 @@ def _check_text_encoder_file(path: Path, options: TextEncoderOptions) -> _Pendin
         raise CheckpointError(f"{path}: not a T5Gemma text encoder file (no model.encoder.* tensors)")
     spiece = file.shapes.get(COMFY_SPIECE_KEY)
     if spiece is None or len(spiece) != 1 or file.dtypes[COMFY_SPIECE_KEY] != "U8":
-        raise CheckpointError(f"{path}: no tokenizer (a 1-D uint8 '{COMFY_SPIECE_KEY}' tensor); "
-                              "expected the Comfy-Org t5gemma_b_b_ul2.safetensors")
+        raise CheckpointError(
+            f"{path}: no tokenizer (a 1-D uint8 '{COMFY_SPIECE_KEY}' tensor); "
+            "expected the Comfy-Org t5gemma_b_b_ul2.safetensors"
+        )
     found = {hf: file.shapes[key] for hf, key in key_map.items()}
     try:
         sizes = t5gemma_encoder_sizes(found, str(path), int(config_overrides.get("head_dim", 64)))
@@ -511,8 +551,11 @@ def _check_text_encoder_file(path: Path, options: TextEncoderOptions) -> _Pendin
     _raise_report(report, str(path), "a T5Gemma encoder")
     try:
         tokenizer = tokenizer_from_sentencepiece(
-            file.read(COMFY_SPIECE_KEY).numpy().tobytes(), add_bos=options.add_bos, add_eos=options.add_eos,
-            padding_side=options.padding_side, source=f"{path}:{COMFY_SPIECE_KEY}",
+            file.read(COMFY_SPIECE_KEY).numpy().tobytes(),
+            add_bos=options.add_bos,
+            add_eos=options.add_eos,
+            padding_side=options.padding_side,
+            source=f"{path}:{COMFY_SPIECE_KEY}",
         )
     except TokenizerError as exc:
         raise CheckpointError(str(exc)) from None
@@ -543,8 +586,9 @@ def load_text_encoder(
 ) -> T5GemmaTextEncoder:
     """The T5Gemma prompt encoder from an HF folder or a Comfy-Org single file, offline and strictly;
     ``weight_dtype`` (float8) stores its Linear / Embedding weights, it computes in ``dtype``."""
-    return _check_text_encoder(Path(path), options).build(device=device, dtype=dtype, weight_dtype=weight_dtype,
-                                                          options=options)
+    return _check_text_encoder(Path(path), options).build(
+        device=device, dtype=dtype, weight_dtype=weight_dtype, options=options
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -574,11 +618,15 @@ def _folder_weights(folder: Path, what: str) -> Path:
         return candidates[0]
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
-        raise CheckpointError(f"{weights}: not found; the {what} folder only has {', '.join(pickles)} "
-                              "(pickle files are never opened: use the .safetensors release)")
+        raise CheckpointError(
+            f"{weights}: not found; the {what} folder only has {', '.join(pickles)} "
+            "(pickle files are never opened: use the .safetensors release)"
+        )
     if candidates:
-        raise CheckpointError(f"{weights}: not found, and several .safetensors files are present "
-                              f"({', '.join(p.name for p in candidates)}); pass the file to use")
+        raise CheckpointError(
+            f"{weights}: not found, and several .safetensors files are present "
+            f"({', '.join(p.name for p in candidates)}); pass the file to use"
+        )
     raise CheckpointError(f"{weights}: not found ({what} folder)")
 
 
@@ -615,8 +663,9 @@ def _as_model_config(config: ModelConfig | str | Path) -> ModelConfig:
     return config if isinstance(config, ModelConfig) else ModelConfig.from_json(config)
 
 
-def _check_sa3_weights(weights: SafetensorsFile, expected: Mapping[str, Mapping[str, torch.Tensor]],
-                       config: ModelConfig) -> None:
+def _check_sa3_weights(
+    weights: SafetensorsFile, expected: Mapping[str, Mapping[str, torch.Tensor]], config: ModelConfig
+) -> None:
     """One report over all three parts (``{prefix: plain build's state_dict}``); a hint names the variant
     the weights look like."""
     shapes: dict[str, Shape] = {}
@@ -684,8 +733,10 @@ def load_components(
         if config is not None:
             model_config = _as_model_config(config)
         elif not config_path.is_file():
-            raise CheckpointError(f"{config_path}: not found; expected an official SA3 model folder "
-                                  "(model_config.json, model.safetensors, t5gemma-b-b-ul2/)")
+            raise CheckpointError(
+                f"{config_path}: not found; expected an official SA3 model folder "
+                "(model_config.json, model.safetensors, t5gemma-b-b-ul2/)"
+            )
         elif _is_standalone_same_config(_read_json(config_path)):
             raise CheckpointError(f"{path}: is a standalone SAME autoencoder folder; load it with load_autoencoder")
         else:
@@ -707,8 +758,15 @@ def load_components(
         layout = "single_file"
 
     def build(ops: Operations) -> dict[str, nn.Module]:
-        return build_modules(model_config, device="meta", dtype=dtype, autoencoder_dtype=autoencoder_dtype,
-                             weight_dtype=weight_dtype, operations=ops, attention_backend=attention_backend)
+        return build_modules(
+            model_config,
+            device="meta",
+            dtype=dtype,
+            autoencoder_dtype=autoencoder_dtype,
+            weight_dtype=weight_dtype,
+            operations=ops,
+            attention_backend=attention_backend,
+        )
 
     modules = build(operations)
     # What the file must hold (names, shapes, and the dtypes the tensors are stored in) comes from a build with
@@ -725,8 +783,12 @@ def load_components(
     # and that transient copy should not come on top of the DiT.
     text_encoder = None
     if pending_te is not None:
-        text_encoder = pending_te.build(device=text_encoder_device or device, dtype=text_encoder_dtype or dtype,
-                                        weight_dtype=weight_dtype, options=text_encoder_options)
+        text_encoder = pending_te.build(
+            device=text_encoder_device or device,
+            dtype=text_encoder_dtype or dtype,
+            weight_dtype=weight_dtype,
+            options=text_encoder_options,
+        )
     for prefix, module in modules.items():
         _load_checked(module, expected[prefix], weights, prefix, device)
         module.eval().requires_grad_(False)
@@ -798,8 +860,11 @@ def load_autoencoder(
     if sa3_layout:  # the DiT and conditioner tensors are expected, just not ours
         found = {k: s for k, s in found.items() if not k.startswith((DIT_PREFIX, CONDITIONER_PREFIX))}
     report = compare_shapes(_shapes(expected, prefix), found)
-    _raise_report(report, weights.name, f"a SAME autoencoder ({config.encoder.transformer_depths[0]} layers, "
-                                        f"width {config.encoder.width})")
+    _raise_report(
+        report,
+        weights.name,
+        f"a SAME autoencoder ({config.encoder.transformer_depths[0]} layers, width {config.encoder.width})",
+    )
     _load_checked(module, expected, weights, prefix, device)
     module.eval().requires_grad_(False)
     return AutoencoderComponents(config=config, autoencoder=module, source=weights.name)

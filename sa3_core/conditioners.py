@@ -14,8 +14,8 @@ submodule of it, exactly as in the official code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -82,8 +82,17 @@ class SecondsConditioner(nn.Module):
     256 exponential Fourier features and projected by one Linear.
     """
 
-    def __init__(self, dim: int = 768, *, min_val: float = 0.0, max_val: float = 384.0, features: int = 256,
-                 operations: Operations = OPS, device=None, dtype=None):
+    def __init__(
+        self,
+        dim: int = 768,
+        *,
+        min_val: float = 0.0,
+        max_val: float = 384.0,
+        features: int = 256,
+        operations: Operations = OPS,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         if max_val <= min_val:
             raise ValueError(f"max_val {max_val} must exceed min_val {min_val}")
@@ -131,8 +140,12 @@ class Conditioners(nn.Module):
         self.config = cfg
         self.prompt = PromptConditioner(cfg.cond_dim, padding_mode=cfg.prompt.padding_mode, device=device, dtype=dtype)
         self.seconds_total = SecondsConditioner(
-            cfg.cond_dim, min_val=cfg.seconds_total.min_val, max_val=cfg.seconds_total.max_val,
-            operations=operations, device=device, dtype=dtype,
+            cfg.cond_dim,
+            min_val=cfg.seconds_total.min_val,
+            max_val=cfg.seconds_total.max_val,
+            operations=operations,
+            device=device,
+            dtype=dtype,
         )
 
     @property
@@ -140,13 +153,17 @@ class Conditioners(nn.Module):
         """Prompt tokens the text encoder must produce (256 in every released config)."""
         return self.config.prompt.max_length
 
-    def forward(self, prompt_hidden: torch.Tensor, prompt_mask: torch.Tensor,
-                seconds: Sequence[float] | torch.Tensor) -> Conditioning:
+    def forward(
+        self, prompt_hidden: torch.Tensor, prompt_mask: torch.Tensor, seconds: Sequence[float] | torch.Tensor
+    ) -> Conditioning:
         """Text-encoder output (B, 256, 768) + mask and B durations -> the DiT's conditioning inputs."""
         prompt, mask = self.prompt(prompt_hidden, prompt_mask)
         seconds_emb, _ = self.seconds_total(seconds)
         if seconds_emb.shape[0] != prompt.shape[0]:
             raise ValueError(f"{prompt.shape[0]} prompts but {seconds_emb.shape[0]} durations")
         seconds_emb = seconds_emb.to(device=prompt.device, dtype=prompt.dtype)
-        return Conditioning(cross_attn_cond=torch.cat([prompt, seconds_emb], dim=1), prompt_mask=mask,
-                            global_cond=seconds_emb.squeeze(1))
+        return Conditioning(
+            cross_attn_cond=torch.cat([prompt, seconds_emb], dim=1),
+            prompt_mask=mask,
+            global_cond=seconds_emb.squeeze(1),
+        )

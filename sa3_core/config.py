@@ -9,9 +9,10 @@ they are listed in ``_IGNORED_*`` below.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -42,7 +43,12 @@ class _Section:
                 raise self.error(key, "missing required field")
             return default
         value = self.data[key]
-        if types is not None and not isinstance(value, types) or isinstance(value, bool) and types in (int, float, (int, float)):
+        if (
+            types is not None
+            and not isinstance(value, types)
+            or isinstance(value, bool)
+            and types in (int, float, (int, float))
+        ):
             expected = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
             raise self.error(key, f"expected {expected}, got {value!r}")
         return value
@@ -54,7 +60,7 @@ class _Section:
             raise self.error(key, f"unsupported value {value!r} (supported: {', '.join(map(repr, allowed))})")
         return value
 
-    def section(self, key: str, default: Any = ...) -> "_Section":
+    def section(self, key: str, default: Any = ...) -> _Section:
         return _Section(self.get(key, default), self._path(key), self.source)
 
     def finish(self, ignored: frozenset[str] = frozenset()) -> None:
@@ -79,7 +85,9 @@ def _int_list(section: _Section, key: str, default: Any = ..., length: int | Non
 _IGNORED_TOP = frozenset({"training", "audio_channels", "svd_bases_path", "demo", "dataset"})
 _IGNORED_DIFFUSION = frozenset({"type", "distribution_shift_options", "modular_local_cond_configs"})
 _IGNORED_DIT = frozenset({"transformer_type", "global_cond_type", "timestep_features_type", "checkpointing"})
-_IGNORED_SAME = frozenset({"checkpointing", "mask_noise", "freeze_backbone", "causal", "conformer", "layer_scale", "feat_scale"})
+_IGNORED_SAME = frozenset(
+    {"checkpointing", "mask_noise", "freeze_backbone", "causal", "conformer", "layer_scale", "feat_scale"}
+)
 
 
 @dataclass(frozen=True)
@@ -105,7 +113,7 @@ class DiTConfig:
         return self.embed_dim // self.num_heads
 
     @classmethod
-    def parse(cls, s: _Section) -> "DiTConfig":
+    def parse(cls, s: _Section) -> DiTConfig:
         cfg = cls(
             io_channels=s.get("io_channels", 256, int),
             patch_size=s.expect("patch_size", (1,), 1),
@@ -176,7 +184,7 @@ class SAMEConfig:
         return self.channels * self.c_mults[-1]
 
     @classmethod
-    def parse(cls, s: _Section, side: str) -> "SAMEConfig":
+    def parse(cls, s: _Section, side: str) -> SAMEConfig:
         io_key = "in_channels" if side == "encoder" else "out_channels"
         c_mults = _int_list(s, "c_mults")
         if len(c_mults) != 1:
@@ -238,7 +246,7 @@ class AutoencoderConfig:
         return (self.encoder.chunk_size or 32) // self.encoder.strides[0]
 
     @classmethod
-    def parse(cls, s: _Section, sample_rate: int, chunked: bool) -> "AutoencoderConfig":
+    def parse(cls, s: _Section, sample_rate: int, chunked: bool) -> AutoencoderConfig:
         enc_block = s.section("encoder")
         enc_block.expect("type", ("same",))
         encoder = SAMEConfig.parse(enc_block.section("config"), "encoder")
@@ -319,7 +327,7 @@ class ConditioningConfig:
     seconds_total: NumberConditionerConfig = field(default_factory=NumberConditionerConfig)
 
     @classmethod
-    def parse(cls, s: _Section) -> "ConditioningConfig":
+    def parse(cls, s: _Section) -> ConditioningConfig:
         cond_dim = s.get("cond_dim", types=int)
         prompt = seconds = None
         entries = s.get("configs", types=list)
@@ -410,7 +418,7 @@ class ModelConfig:
         return self.sample_size / self.sample_rate
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> "ModelConfig":
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> ModelConfig:
         top = _Section(data, "", source)
         model_type = top.expect("model_type", ("diffusion_cond_inpaint", "diffusion_cond"))
         sample_rate = top.expect("sample_rate", (44100,))
@@ -440,7 +448,9 @@ class ModelConfig:
         if dit.io_channels != io_channels or autoencoder.latent_dim != io_channels:
             raise ConfigError(f"{source}: model.io_channels {io_channels} disagrees with the DiT or the autoencoder")
         if sample_size % autoencoder.downsampling_ratio:
-            raise ConfigError(f"{source}: sample_size {sample_size} is not a multiple of {autoencoder.downsampling_ratio}")
+            raise ConfigError(
+                f"{source}: sample_size {sample_size} is not a multiple of {autoencoder.downsampling_ratio}"
+            )
         return cls(
             dit=dit,
             autoencoder=autoencoder,
@@ -455,7 +465,7 @@ class ModelConfig:
         )
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "ModelConfig":
+    def from_json(cls, path: str | Path) -> ModelConfig:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

@@ -73,9 +73,11 @@ class DiTBlock(nn.Module):
         self.cross_attn = Attention(dim, context_dim=dim, **attn)
         self.ff_norm = RMSNorm(dim, **norm)
         self.ff = FeedForward(dim, cfg.ff_mult, operations=operations, device=device, dtype=dtype)
-        self.to_local_embed = _mlp(cfg.local_add_cond_dim, dim, bias=True, operations=operations, device=device, dtype=dtype)
+        self.to_local_embed = _mlp(
+            cfg.local_add_cond_dim, dim, bias=True, operations=operations, device=device, dtype=dtype
+        )
 
-    def constants(self, context: torch.Tensor, local_add_cond: torch.Tensor | None, tokens: int) -> "BlockConstants":
+    def constants(self, context: torch.Tensor, local_add_cond: torch.Tensor | None, tokens: int) -> BlockConstants:
         """What this block computes from the conditioning alone: the same at every sampling step.
 
         ``context`` (B, 257, E) is the embedded cross-attention conditioning, ``local_add_cond`` (B, L', 257)
@@ -93,7 +95,7 @@ class DiTBlock(nn.Module):
         self,
         x: torch.Tensor,
         *,
-        constants: "BlockConstants",
+        constants: BlockConstants,
         modulation: torch.Tensor,
         rotary_freqs: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
         padding_mask: torch.Tensor | None,
@@ -189,7 +191,7 @@ class DiTTransformer(nn.Module):
                 padding_mask=padding_mask,
                 zero_padded_ff=zero_padded_ff,
             )
-        return self.project_out(h[:, self.num_memory_tokens:])
+        return self.project_out(h[:, self.num_memory_tokens :])
 
 
 class DiffusionTransformer(nn.Module):
@@ -225,9 +227,15 @@ class DiffusionTransformer(nn.Module):
             nn.SiLU(),
             operations.Linear(dim, dim, device=device, dtype=dtype),
         )
-        self.to_cond_embed = _mlp(cfg.cond_token_dim, dim, bias=False, operations=operations, device=device, dtype=dtype)
-        self.to_global_embed = _mlp(cfg.global_cond_dim, dim, bias=False, operations=operations, device=device, dtype=dtype)
-        self.transformer = DiTTransformer(cfg, backend=attention_backend, operations=operations, device=device, dtype=dtype)
+        self.to_cond_embed = _mlp(
+            cfg.cond_token_dim, dim, bias=False, operations=operations, device=device, dtype=dtype
+        )
+        self.to_global_embed = _mlp(
+            cfg.global_cond_dim, dim, bias=False, operations=operations, device=device, dtype=dtype
+        )
+        self.transformer = DiTTransformer(
+            cfg, backend=attention_backend, operations=operations, device=device, dtype=dtype
+        )
         channels = cfg.io_channels
         self.preprocess_conv = operations.Conv1d(channels, channels, 1, bias=False, device=device, dtype=dtype)
         self.postprocess_conv = operations.Conv1d(channels, channels, 1, bias=False, device=device, dtype=dtype)
@@ -303,8 +311,10 @@ class DiffusionTransformer(nn.Module):
         if constants is None:
             constants = self.step_constants(cross_attn_cond, global_cond, local_add_cond, x.shape[-1])
         elif constants.global_embed.shape[0] != x.shape[0] or constants.latents != x.shape[-1]:
-            raise ValueError(f"step constants of {constants.global_embed.shape[0]} x {constants.latents} latents "
-                             f"for an input of {x.shape[0]} x {x.shape[-1]}")
+            raise ValueError(
+                f"step constants of {constants.global_embed.shape[0]} x {constants.latents} latents "
+                f"for an input of {x.shape[0]} x {x.shape[-1]}"
+            )
         # The timestep is quantised to the model dtype before the Fourier features, as officially.
         timestep = self.to_timestep_embed(self.timestep_features(t.to(dtype)[:, None]))
         if padding_mask is not None:

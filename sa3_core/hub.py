@@ -50,8 +50,11 @@ AUTOENCODER_SOURCES = {
 
 
 # Short names for folders in a models folder: each repository's own name, and its official name.
-_SHORT_NAMES = {**{repo: name for name, repo in MODEL_REPOS.items()},
-                "stabilityai/SAME-S": "same-s", "stabilityai/SAME-L": "same-l"}
+_SHORT_NAMES = {
+    **{repo: name for name, repo in MODEL_REPOS.items()},
+    "stabilityai/SAME-S": "same-s",
+    "stabilityai/SAME-L": "same-l",
+}
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -99,8 +102,9 @@ def _is_model_folder(folder: Path) -> bool:
     return (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
 
 
-def locate(repo_ids: tuple[str, ...], name: str, *, models_dir: str | Path | None = None,
-           cache_dir: str | Path | None = None) -> Path:
+def locate(
+    repo_ids: tuple[str, ...], name: str, *, models_dir: str | Path | None = None, cache_dir: str | Path | None = None
+) -> Path:
     """The first folder holding one of ``repo_ids`` (in order): Hub cache first, then the models folders."""
     searched = []
     for repo_id in repo_ids:
@@ -115,11 +119,16 @@ def locate(repo_ids: tuple[str, ...], name: str, *, models_dir: str | Path | Non
                     if _is_model_folder(folder):
                         return folder
                     searched.append(str(folder))
-    hint = (f"download {repo_ids[0]} once (`hf download {repo_ids[0]}`, or run the official stable_audio_3 "
-            f"package), or put its folder ({CONFIG_FILE}, {WEIGHTS_FILE}, t5gemma-b-b-ul2/) at <models folder>/"
-            f"{_folder_names(repo_ids[0])[0]}/ and pass models_dir=<models folder> or set ${MODELS_DIR_ENV}")
-    raise ModelNotFoundError(f"{name!r}: no local copy found (nothing is downloaded). Searched:\n  "
-                             + "\n  ".join(searched) + f"\nTo fix: {hint}")
+    hint = (
+        f"download {repo_ids[0]} once (`hf download {repo_ids[0]}`, or run the official stable_audio_3 "
+        f"package), or put its folder ({CONFIG_FILE}, {WEIGHTS_FILE}, t5gemma-b-b-ul2/) at <models folder>/"
+        f"{_folder_names(repo_ids[0])[0]}/ and pass models_dir=<models folder> or set ${MODELS_DIR_ENV}"
+    )
+    raise ModelNotFoundError(
+        f"{name!r}: no local copy found (nothing is downloaded). Searched:\n  "
+        + "\n  ".join(searched)
+        + f"\nTo fix: {hint}"
+    )
 
 
 def text_encoder_in_cache(folder: Path, cache_dir: str | Path | None = None) -> Path | None:
@@ -135,8 +144,9 @@ def text_encoder_in_cache(folder: Path, cache_dir: str | Path | None = None) -> 
     return Path(found).parent if isinstance(found, str) else None
 
 
-def resolve_model(name_or_path: str | Path, *, models_dir: str | Path | None = None,
-                  cache_dir: str | Path | None = None) -> ResolvedModel:
+def resolve_model(
+    name_or_path: str | Path, *, models_dir: str | Path | None = None, cache_dir: str | Path | None = None
+) -> ResolvedModel:
     """An official name (``small-music``, ``medium-base``, ...) or a path -> the files to load.
 
     A known name is always a name (write ``./medium`` for a folder called ``medium``); anything else must
@@ -149,8 +159,9 @@ def resolve_model(name_or_path: str | Path, *, models_dir: str | Path | None = N
     return ResolvedModel(_existing_path(name_or_path, MODEL_REPOS))
 
 
-def resolve_autoencoder(name_or_path: str | Path, *, models_dir: str | Path | None = None,
-                        cache_dir: str | Path | None = None) -> Path:
+def resolve_autoencoder(
+    name_or_path: str | Path, *, models_dir: str | Path | None = None, cache_dir: str | Path | None = None
+) -> Path:
     """``same-s`` / ``same-l`` (from a cached SA3 model holding it, else the standalone repository) or a path."""
     if isinstance(name_or_path, str) and name_or_path in AUTOENCODER_SOURCES:
         return locate(AUTOENCODER_SOURCES[name_or_path], name_or_path, models_dir=models_dir, cache_dir=cache_dir)
@@ -160,6 +171,7 @@ def resolve_autoencoder(name_or_path: str | Path, *, models_dir: str | Path | No
 def _existing_path(path: str | Path, names) -> Path:
     path = Path(path)
     if not path.exists():
-        raise ModelNotFoundError(f"{path}: not found (neither an existing folder or file nor an official name: "
-                                 f"{', '.join(names)})")
+        raise ModelNotFoundError(
+            f"{path}: not found (neither an existing folder or file nor an official name: {', '.join(names)})"
+        )
     return path

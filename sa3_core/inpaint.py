@@ -6,7 +6,7 @@ Inpaint masks use the official convention: **1 = keep the given audio, 0 = gener
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +37,9 @@ def continuation_region(source_seconds: float, duration: float) -> Region:
     return (float(source_seconds), float(duration))
 
 
-def regions_from_seconds(starts: float | Sequence[float] | None,
-                         ends: float | Sequence[float] | None) -> list[Region] | None:
+def regions_from_seconds(
+    starts: float | Sequence[float] | None, ends: float | Sequence[float] | None
+) -> list[Region] | None:
     """The official ``inpaint_mask_start/end_seconds`` pair (scalars or equal-length lists) as regions."""
     if starts is None and ends is None:
         return None
@@ -56,8 +57,9 @@ def regions_from_seconds(starts: float | Sequence[float] | None,
     return [(s, e) for s, e in zip(starts_, ends_)]
 
 
-def regions_per_item(regions: Sequence[Region] | Sequence[Sequence[Region]],
-                     durations: Sequence[float]) -> list[list[Region]]:
+def regions_per_item(
+    regions: Sequence[Region] | Sequence[Sequence[Region]], durations: Sequence[float]
+) -> list[list[Region]]:
     """One list of regions per item, each checked against that item's duration (``validate_regions``).
 
     ``regions``: one list of ``(start, end)`` shared by every item, or one list per item."""
@@ -99,8 +101,12 @@ def inpaint_mask_samples(
         raise ValueError(f"seconds_total has {len(seconds_total)} values for a batch of {batch_size}")
 
     if regions is not None:
-        rows = torch.stack([regions_to_sample_mask(item, num_samples, sample_rate, device)
-                            for item in regions_per_item(regions, seconds_total)])
+        rows = torch.stack(
+            [
+                regions_to_sample_mask(item, num_samples, sample_rate, device)
+                for item in regions_per_item(regions, seconds_total)
+            ]
+        )
     else:
         assert mask is not None
         rows = mask.to(device=device, dtype=torch.float32)
@@ -108,8 +114,10 @@ def inpaint_mask_samples(
         if rows.ndim == 1:
             rows = rows[None]
         if rows.ndim != 2 or rows.shape[0] not in (1, batch_size):
-            raise ValueError(f"inpaint mask of shape {tuple(mask.shape)} does not fit a batch of {batch_size} "
-                             "(expected (N,), (1, N) or (B, N))")
+            raise ValueError(
+                f"inpaint mask of shape {tuple(mask.shape)} does not fit a batch of {batch_size} "
+                "(expected (N,), (1, N) or (B, N))"
+            )
         rows = F.pad(rows[:, :num_samples], (0, max(0, num_samples - rows.shape[-1])), value=0.0)
         rows = rows.expand(batch_size, -1)
 

@@ -38,8 +38,9 @@ class RMSNorm(nn.Module, CastWeights):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.force_fp32:
-            out = F.rms_norm(x.float(), x.shape[-1:], weight=cast_param(self, "gamma", x, dtype=torch.float32),
-                             eps=self.eps)
+            out = F.rms_norm(
+                x.float(), x.shape[-1:], weight=cast_param(self, "gamma", x, dtype=torch.float32), eps=self.eps
+            )
             return out.to(x.dtype)
         return F.rms_norm(x, x.shape[-1:], weight=cast_param(self, "gamma", x), eps=self.eps)
 
@@ -129,7 +130,7 @@ def apply_rotary(x: torch.Tensor, freqs: torch.Tensor | RotaryTables) -> torch.T
     x = x.float()
     cos, sin = rotary_tables(freqs)
     rot_dim = cos.shape[-1]
-    cos, sin = cos[-x.shape[-2]:], sin[-x.shape[-2]:]
+    cos, sin = cos[-x.shape[-2] :], sin[-x.shape[-2] :]
     rotated, passthrough = x[..., :rot_dim], x[..., rot_dim:]
     first, second = rotated.chunk(2, dim=-1)
     half_turned = torch.cat([-second, first], dim=-1)
@@ -221,7 +222,9 @@ class Attention(nn.Module):
         branches = 2 if differential else 1
         if self.is_cross:
             self.to_q = operations.Linear(dim, dim * branches, bias=False, device=device, dtype=dtype)
-            self.to_kv = operations.Linear(context_dim, context_dim * (branches + 1), bias=False, device=device, dtype=dtype)
+            self.to_kv = operations.Linear(
+                context_dim, context_dim * (branches + 1), bias=False, device=device, dtype=dtype
+            )
         else:
             self.to_qkv = operations.Linear(dim, dim * (3 + 2 * (branches - 1)), bias=False, device=device, dtype=dtype)
         self.to_out = operations.Linear(dim, dim, bias=False, device=device, dtype=dtype)

@@ -30,10 +30,10 @@ Deliberate differences from the official loader (which loads with ``strict=False
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -75,8 +75,11 @@ WeightKey = tuple[str, str]
 
 def adaptable_weights(part: nn.Module) -> dict[str, Tensor]:
     """{module path: weight Parameter} of every module of ``part`` with a ``weight`` (what a LoRA may adapt)."""
-    return {name: module._parameters["weight"] for name, module in part.named_modules(remove_duplicate=False)
-            if name and module._parameters.get("weight") is not None}
+    return {
+        name: module._parameters["weight"]
+        for name, module in part.named_modules(remove_duplicate=False)
+        if name and module._parameters.get("weight") is not None
+    }
 
 
 def plan_lora_stack(
@@ -98,15 +101,18 @@ def plan_lora_stack(
         for module_name, adapter in lora.adapters.items():
             target, path = module_name_to_target(module_name, roots)
             if target not in weights:
-                raise LoRAError(f"{lora.path}: holds {target} tensors ({roots[target]}...) but no {target} module "
-                                "was given")
+                raise LoRAError(
+                    f"{lora.path}: holds {target} tensors ({roots[target]}...) but no {target} module was given"
+                )
             weight = weights[target].get(path)
             if weight is None:
                 unmatched.append(module_name)
                 continue
             if weight.dtype in _FLOAT8:
-                raise LoRAError(f"{lora.path}: {module_name} stores its weight in {weight.dtype}; LoRAs need the "
-                                "model loaded without float8 weight storage")
+                raise LoRAError(
+                    f"{lora.path}: {module_name} stores its weight in {weight.dtype}; LoRAs need the "
+                    "model loaded without float8 weight storage"
+                )
             adapter.check_fits(weight.shape, f"{lora.path}: {module_name}")
             plan.setdefault((target, path), []).append(PlannedAdapter(index, lora.name, adapter, strengths[target]))
         if unmatched:
@@ -140,13 +146,16 @@ def gates_from_configs(lora_configs: Sequence[Mapping[str, object]]) -> list[LoR
     """The official ``generate(lora_configs=[{"lora_index": i, "interval": (lo, hi), "layer_filter": "..."}])``
     entries as gates (``interval`` defaults to (0, 1), ``layer_filter`` to none, as official)."""
     if isinstance(lora_configs, (Mapping, str, bytes)):
-        raise LoRAError("lora_configs must be a list of {'lora_index': ..., 'interval': ..., 'layer_filter': ...} "
-                        "dicts")
+        raise LoRAError(
+            "lora_configs must be a list of {'lora_index': ..., 'interval': ..., 'layer_filter': ...} dicts"
+        )
     gates = []
     for i, entry in enumerate(lora_configs):
         if not isinstance(entry, Mapping) or "lora_index" not in entry or set(entry) - set(_GATE_KEYS):
-            raise LoRAError(f"lora_configs[{i}]: expected a dict with 'lora_index' and optionally 'interval', "
-                            f"'layer_filter', got {entry!r}")
+            raise LoRAError(
+                f"lora_configs[{i}]: expected a dict with 'lora_index' and optionally 'interval', "
+                f"'layer_filter', got {entry!r}"
+            )
         index, interval = entry["lora_index"], entry.get("interval", (0.0, 1.0))
         layer_filter = entry.get("layer_filter") or ""  # None is no filter, as official
         if isinstance(index, bool) or not isinstance(index, int):
@@ -192,8 +201,9 @@ class LoRAStack:
     ``roots`` maps the same names to the key prefix their tensors have in LoRA files.
     """
 
-    def __init__(self, targets: Mapping[str, nn.Module], *, roots: Mapping[str, str] = DEFAULT_ROOTS,
-                 dora_mode: str = "linear"):
+    def __init__(
+        self, targets: Mapping[str, nn.Module], *, roots: Mapping[str, str] = DEFAULT_ROOTS, dora_mode: str = "linear"
+    ):
         unknown = set(targets) - set(roots)
         if unknown:
             raise LoRAError(f"targets {sorted(unknown)} have no LoRA key root (roots: {dict(roots)})")
@@ -236,8 +246,12 @@ class LoRAStack:
         new = {key: layers for key, layers in plan.items() if any(a.lora_index >= first for a in layers)}
         slots = {key: self._slots.get(key) or self._new_slot(key) for key in new}
         # The -XS SVDs run here, still without touching the model.
-        ready = {(a.lora_index, *key): a.adapter.to(slots[key].original.device).with_xs_bases(slots[key].original)
-                 for key, layers in new.items() for a in layers if a.lora_index >= first}
+        ready = {
+            (a.lora_index, *key): a.adapter.to(slots[key].original.device).with_xs_bases(slots[key].original)
+            for key, layers in new.items()
+            for a in layers
+            if a.lora_index >= first
+        }
         with self._all_or_nothing(list(new)):  # the merged weights are checked finite while applied
             self._slots.update(slots)
             self._ready.update(ready)
@@ -245,8 +259,9 @@ class LoRAStack:
             self._refresh(list(new))
         return [lora.name for lora in parsed]
 
-    def _plan_of(self, files: list[LoRAFile],
-                 strengths: list[dict[str, float]]) -> dict[WeightKey, list[PlannedAdapter]]:
+    def _plan_of(
+        self, files: list[LoRAFile], strengths: list[dict[str, float]]
+    ) -> dict[WeightKey, list[PlannedAdapter]]:
         weights = {target: adaptable_weights(module) for target, module in self.targets.items()}
         return plan_lora_stack(list(zip(files, strengths)), weights, self.roots)
 
@@ -269,8 +284,11 @@ class LoRAStack:
             self._check_target(target)
         indices = range(len(self._files)) if lora_index is None else [lora_index]
         targets = list(self.targets) if target is None else [target]
-        affected = [key for key, layers in self._plan.items()
-                    if key[0] in targets and any(a.lora_index in indices for a in layers)]
+        affected = [
+            key
+            for key, layers in self._plan.items()
+            if key[0] in targets and any(a.lora_index in indices for a in layers)
+        ]
         self._check_untouched(affected)
         with self._all_or_nothing(affected):
             for i in indices:
@@ -342,8 +360,13 @@ class LoRAStack:
         strengths = [0.0 if (a.lora_index, *key) in self._disabled else a.strength for a in layers]
         loras = ", ".join(a.lora_name for a in layers)
         target, path = key
-        return effective_weight(self._slots[key].original, adapters, strengths, dora_mode=self._dora_mode,
-                                name=f"{target} {path}.weight (LoRA {loras})")
+        return effective_weight(
+            self._slots[key].original,
+            adapters,
+            strengths,
+            dora_mode=self._dora_mode,
+            name=f"{target} {path}.weight (LoRA {loras})",
+        )
 
     def unload(self) -> None:
         """Remove every LoRA and put the original weight Parameters back (bit-for-bit restore)."""
@@ -357,14 +380,22 @@ class LoRAStack:
     def _all_or_nothing(self, keys: list[WeightKey]) -> Iterator[None]:
         """Undo every change the block made when it raises a LoRAError (a merged weight that is not finite):
         the stack's state comes back, and so do the weights of ``keys`` (the ones the block may touch)."""
-        state = (list(self._files), [dict(s) for s in self._strengths], self._plan, self._dora_mode,
-                 set(self._disabled), dict(self._slots), dict(self._ready))
+        state = (
+            list(self._files),
+            [dict(s) for s in self._strengths],
+            self._plan,
+            self._dora_mode,
+            set(self._disabled),
+            dict(self._slots),
+            dict(self._ready),
+        )
         try:
             yield
         except LoRAError:
             touched = {key: self._slots[key] for key in keys if key in self._slots}
-            (self._files, self._strengths, self._plan, self._dora_mode,
-             self._disabled, self._slots, self._ready) = state
+            (self._files, self._strengths, self._plan, self._dora_mode, self._disabled, self._slots, self._ready) = (
+                state
+            )
             for key, slot in touched.items():  # the weights of the restored state, which were finite
                 weight = self._weight(key) if key in self._slots else slot.original
                 self._put(slot, weight)

@@ -26,8 +26,8 @@ Strength of the normalising types (DoRA/BoRA and their -XS forms): ``dora_mode``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -88,10 +88,10 @@ class Adapter:
         names = ADAPTER_TENSORS[self.adapter_type] + (("U", "V") if self.is_xs else ())
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
-    def to(self, device: torch.device | str | None) -> "Adapter":
+    def to(self, device: torch.device | str | None) -> Adapter:
         return replace(self, **{name: t.to(device) for name, t in self.tensors().items()})
 
-    def with_xs_bases(self, base_weight: Tensor) -> "Adapter":
+    def with_xs_bases(self, base_weight: Tensor) -> Adapter:
         """The -XS bases from the SVD of the base weight (a no-op for other types or when present)."""
         if not self.is_xs or self.U is not None:
             return self
@@ -101,8 +101,9 @@ class Adapter:
     def check_fits(self, weight_shape: torch.Size, module: str) -> None:
         """Raise if this adapter's tensors do not fit a weight of ``weight_shape``."""
         if len(weight_shape) not in (2, 3):
-            raise LoRAError(f"{module}: LoRA targets Linear and Conv1d weights, this weight has shape "
-                            f"{tuple(weight_shape)}")
+            raise LoRAError(
+                f"{module}: LoRA targets Linear and Conv1d weights, this weight has shape {tuple(weight_shape)}"
+            )
         fan_out, fan_in = weight_shape[0], math.prod(weight_shape[1:])
         r = self.rank
         expected = {
@@ -215,9 +216,11 @@ def effective_weight(
         weight = apply_adapter(weight, adapter.with_xs_bases(base_weight), strength, dora_mode=dora_mode)
     if weight is not base_weight and not weight.abs().amax() <= MAX_MERGED_WEIGHT:  # False for NaN too
         scalings = ", ".join(f"{a.scaling:g}" for a in adapters)
-        raise LoRAError(f"{name}: the LoRA makes this weight NaN or larger than {MAX_MERGED_WEIGHT:g} (alpha/rank "
-                        f"{scalings}, strength {', '.join(f'{s:g}' for s in strengths)}); the LoRA file is broken "
-                        "or the strength far too large")
+        raise LoRAError(
+            f"{name}: the LoRA makes this weight NaN or larger than {MAX_MERGED_WEIGHT:g} (alpha/rank "
+            f"{scalings}, strength {', '.join(f'{s:g}' for s in strengths)}); the LoRA file is broken "
+            "or the strength far too large"
+        )
     return weight
 
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
@@ -116,7 +116,7 @@ def module_name_to_target(module_name: str, roots: Mapping[str, str] = DEFAULT_R
     """A module name from a LoRA file -> (target, module path inside that target)."""
     for target, prefix in roots.items():
         if module_name.startswith(prefix):
-            return target, module_name[len(prefix):]
+            return target, module_name[len(prefix) :]
     known = ", ".join(repr(p) for p in roots.values())
     raise LoRAError(f"LoRA module {module_name!r} is under none of the known roots ({known})")
 
@@ -195,8 +195,9 @@ def _resolve_adapter_type(raw: object, grouped: Mapping[str, Mapping[str, Tensor
             return "dora-rows"  # legacy (fan_out, 1), or 1-D: the official default
         return "dora-rows"
     if raw not in ADAPTER_TYPES:
-        raise LoRAError(f"{path}: unknown adapter_type {raw!r} (supported: {', '.join(ADAPTER_TYPES)}, and legacy "
-                        "'dora')")
+        raise LoRAError(
+            f"{path}: unknown adapter_type {raw!r} (supported: {', '.join(ADAPTER_TYPES)}, and legacy 'dora')"
+        )
     return raw
 
 
@@ -226,8 +227,9 @@ def read_lora_file(path: str | Path, roots: Mapping[str, str] = DEFAULT_ROOTS) -
     for key, tensor in tensors.items():
         match = _KEY.match(key)
         if match is None:
-            raise LoRAError(f"{path}: {key!r} is not an SA3 LoRA tensor (expected "
-                            "'<module>.parametrizations.weight.0.<tensor>')")
+            raise LoRAError(
+                f"{path}: {key!r} is not an SA3 LoRA tensor (expected '<module>.parametrizations.weight.0.<tensor>')"
+            )
         if match["index"] != "0":
             raise LoRAError(f"{path}: {key!r} uses parametrization index {match['index']}; LoRA files use index 0")
         if not tensor.is_floating_point():
@@ -272,4 +274,3 @@ def read_lora_file(path: str | Path, roots: Mapping[str, str] = DEFAULT_ROOTS) -
                 raise LoRAError(f"{path}: {module}.{name} must be {wanted}-D, got shape {tuple(tensor.shape)}")
         adapters[module] = Adapter(adapter_type, rank, lora_config.scaling, **found)
     return LoRAFile(path=str(path), name=path.stem, config=lora_config, adapters=adapters)
-

@@ -9,7 +9,8 @@ and batch size with :func:`plain_request` before any work, and takes the tensors
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
@@ -58,15 +59,22 @@ def conditioning_from_tensors(tensors: Mapping[str, Any], batch_size: int) -> Co
         prompt, prompt_mask = tensors["prompt"]
         seconds, seconds_mask = tensors["seconds_total"]
     except (KeyError, TypeError, ValueError):
-        raise ValueError('conditioning tensors must map "prompt" and "seconds_total" to (embeddings, mask) pairs') from None
+        raise ValueError(
+            'conditioning tensors must map "prompt" and "seconds_total" to (embeddings, mask) pairs'
+        ) from None
     if seconds.ndim == 2:
         seconds, seconds_mask = seconds[:, None], seconds_mask[:, None]
     if prompt.ndim != 3 or prompt.shape[0] != batch_size or seconds.shape[0] != batch_size:
-        raise ValueError(f"conditioning tensors of shapes {tuple(prompt.shape)} / {tuple(seconds.shape)} do not fit "
-                         f"a batch of {batch_size}")
+        raise ValueError(
+            f"conditioning tensors of shapes {tuple(prompt.shape)} / {tuple(seconds.shape)} do not fit "
+            f"a batch of {batch_size}"
+        )
     seconds = seconds.to(device=prompt.device, dtype=prompt.dtype)
-    return Conditioning(cross_attn_cond=torch.cat([prompt, seconds], dim=1), prompt_mask=prompt_mask.bool(),
-                        global_cond=seconds.squeeze(1))
+    return Conditioning(
+        cross_attn_cond=torch.cat([prompt, seconds], dim=1),
+        prompt_mask=prompt_mask.bool(),
+        global_cond=seconds.squeeze(1),
+    )
 
 
 def _from_conditioning_dicts(dicts: Sequence[Mapping[str, Any]], name: str) -> tuple[list[str], list[float]]:

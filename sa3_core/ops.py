@@ -20,8 +20,9 @@ Nothing here imports ComfyUI: the attributes are plain data that its model manag
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +47,14 @@ class CastWeights:
     bias_function: list[Callable[[torch.Tensor], torch.Tensor]] = []
 
 
-def cast_param(module: nn.Module, name: str, like: torch.Tensor | None = None, *,
-               device: torch.device | None = None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+def cast_param(
+    module: nn.Module,
+    name: str,
+    like: torch.Tensor | None = None,
+    *,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor | None:
     """``module.<name>`` on ``like``'s device and in its dtype (``device`` / ``dtype`` override), with
     ComfyUI's pending patches applied to a ``weight`` or ``bias`` entry. A no-op (the parameter itself)
     when nothing differs."""
@@ -58,8 +65,7 @@ def cast_param(module: nn.Module, name: str, like: torch.Tensor | None = None, *
     dtype = dtype if dtype is not None else (like.dtype if like is not None else param.dtype)
     functions = {"weight": module.weight_function, "bias": module.bias_function}.get(name, ())
     if functions:  # patch in the storage dtype's float upcast, then cast (as comfy.ops.cast_bias_weight)
-        value = param.to(device=device, dtype=torch.float32 if param.dtype in FLOAT8_DTYPES else param.dtype,
-                         copy=True)
+        value = param.to(device=device, dtype=torch.float32 if param.dtype in FLOAT8_DTYPES else param.dtype, copy=True)
         for function in functions:
             value = function(value)
         return value.to(dtype)
@@ -88,8 +94,9 @@ class Embedding(nn.Embedding, CastWeights):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         weight = cast_param(self, "weight", device=ids.device, dtype=self.weight.dtype)
-        rows = F.embedding(ids, weight, self.padding_idx, self.max_norm, self.norm_type,
-                           self.scale_grad_by_freq, self.sparse)
+        rows = F.embedding(
+            ids, weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse
+        )
         return rows.to(self.compute_dtype or self.weight.dtype)
 
 

@@ -6,7 +6,8 @@ node both use them.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -62,8 +63,7 @@ def trim_to_durations(audio: torch.Tensor, durations: Sequence[float], sample_ra
     return [item[..., :n] for item, n in zip(audio, duration_samples(durations, sample_rate))]
 
 
-def trim_padded(audio: torch.Tensor, durations: Sequence[float],
-                sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
+def trim_padded(audio: torch.Tensor, durations: Sequence[float], sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One tensor for a batch of different durations: cut to the longest ``int(d * sr)`` and zero each
     item past its own end. Returns ``(audio (B, C, max_len), lengths (B,) int64)``. With equal durations
     this is exactly the official truncation (the official code skips trimming when they differ).

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -36,19 +37,19 @@ from .config import ModelConfig
 from .dit import DiTBlock
 from .lora import LoRAGate, LoRAStack, gates_from_configs
 from .precision import component_dtypes
+from .same import SAMEBlock
 from .sampling import (
-    DiTConditioning,
     DistributionShift,
+    DiTConditioning,
     GuidanceOptions,
     GuidedModel,
+    StepCallback,
     build_schedule,
     mix_init,
     negative_token_mask,
     sample,
     shift_from_options,
-    StepCallback,
 )
-from .same import SAMEBlock
 from .validation import Region, require_finite
 from .window import Window, adapt_sample_size, latent_length
 
@@ -66,8 +67,9 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def compile_blocks(root: torch.nn.Module, kind: type[torch.nn.Module], *, mode: str | None = None,
-                   backend: str = "inductor") -> None:
+def compile_blocks(
+    root: torch.nn.Module, kind: type[torch.nn.Module], *, mode: str | None = None, backend: str = "inductor"
+) -> None:
     """``torch.compile`` every ``kind`` module inside ``root`` in place, for static shapes (the repeated
     units: their code is shared, so it compiles once per input shape)."""
     for module in root.modules():
@@ -141,7 +143,7 @@ class StableAudioModel:
         base: bool = False,
         autoencoder_dtype: torch.dtype | None = None,
         weight_dtype: torch.dtype | None = None,
-    ) -> "StableAudioModel":
+    ) -> StableAudioModel:
         """Load an official model by name (``small-music``, ``small-sfx``, ``medium`` and their ``-base``
         versions, found offline in the Hugging Face cache or a models folder: sa3_core.hub), an official
         model folder, or a Comfy-Org single file (then ``text_encoder_path`` is needed to encode prompts).
@@ -157,10 +159,16 @@ class StableAudioModel:
         resolved = hub.resolve_model(model_name_or_path, models_dir=models_dir)
         requested = dtype if dtype is not None else (None if model_half else torch.float32)
         dtypes = component_dtypes(device, requested, autoencoder_dtype)
-        components = load_components(resolved.folder, device=device, dtype=dtypes.dit,
-                                     autoencoder_dtype=dtypes.autoencoder, weight_dtype=weight_dtype,
-                                     text_encoder_path=text_encoder_path or resolved.text_encoder,
-                                     attention_backend=attention_backend, base=base)
+        components = load_components(
+            resolved.folder,
+            device=device,
+            dtype=dtypes.dit,
+            autoencoder_dtype=dtypes.autoencoder,
+            weight_dtype=weight_dtype,
+            text_encoder_path=text_encoder_path or resolved.text_encoder,
+            attention_backend=attention_backend,
+            base=base,
+        )
         return cls(components, device=device, dtype=dtypes.dit)
 
     # -- facts ----------------------------------------------------------------------------------------
@@ -200,8 +208,9 @@ class StableAudioModel:
 
     # -- stage 1: the window --------------------------------------------------------------------------
 
-    def plan_window(self, durations: Sequence[float], padding_sec: float = 6.0,
-                    sample_size: int | None = None) -> Window:
+    def plan_window(
+        self, durations: Sequence[float], padding_sec: float = 6.0, sample_size: int | None = None
+    ) -> Window:
         """The latent window for a batch with these per-item durations (validated)."""
         if not durations:
             raise ValueError("a batch needs at least one item")
@@ -212,10 +221,12 @@ class StableAudioModel:
             raise ValueError(f"duration_padding_sec must be >= 0, got {padding_sec!r}")
         cap = self.config.sample_size if sample_size is None else int(sample_size)
         ratio = self.downsampling_ratio
-        audio_samples = adapt_sample_size(max(durations), padding_sec, self.sample_rate, ratio,
-                                          self.config.autoencoder.latent_align, cap)
-        return Window(durations, audio_samples, latent_length(audio_samples, ratio), float(padding_sec),
-                      self.sample_rate, ratio)
+        audio_samples = adapt_sample_size(
+            max(durations), padding_sec, self.sample_rate, ratio, self.config.autoencoder.latent_align, cap
+        )
+        return Window(
+            durations, audio_samples, latent_length(audio_samples, ratio), float(padding_sec), self.sample_rate, ratio
+        )
 
     # -- stage 2: noise -------------------------------------------------------------------------------
 
@@ -223,15 +234,17 @@ class StableAudioModel:
         """The official first draw, ``randn([B, 256, L])`` right after seeding, and the generator the
         ping-pong sampler continues from."""
         generator = make_generator(seed, self.device)
-        noise = torch.randn([window.batch_size, self.autoencoder.latent_dim, window.latents],
-                            generator=generator, device=self.device)
+        noise = torch.randn(
+            [window.batch_size, self.autoencoder.latent_dim, window.latents], generator=generator, device=self.device
+        )
         return noise, generator
 
     # -- stage 3: text --------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def encode_prompts(self, prompts: Sequence[str], durations: Sequence[float],
-                       negative_prompts: Sequence[str] | None = None) -> PromptConditioning:
+    def encode_prompts(
+        self, prompts: Sequence[str], durations: Sequence[float], negative_prompts: Sequence[str] | None = None
+    ) -> PromptConditioning:
         """Prompt + ``seconds_total`` conditioning per item; the negative side only when given."""
         if self.text_encoder is None:
             raise ValueError("this model was loaded without a T5Gemma text encoder; pass text_encoder_path")
@@ -260,8 +273,14 @@ class StableAudioModel:
         """``(sr, audio)`` (or ``(audio, sr)``, as ``torchaudio.load`` returns it) -> (1, C, window samples)
         float32 on the device, as the official ``prepare_audio`` (:func:`sa3_core.audio_prep.prepare`):
         made the model's channel count, resampled to its rate, cut or zero-padded to the window."""
-        return audio_prep.prepare(audio, length=window.audio_samples, sample_rate=self.sample_rate,
-                                  channels=self.autoencoder.audio_channels, device=self.device, name=name)[None]
+        return audio_prep.prepare(
+            audio,
+            length=window.audio_samples,
+            sample_rate=self.sample_rate,
+            channels=self.autoencoder.audio_channels,
+            device=self.device,
+            name=name,
+        )[None]
 
     @torch.inference_mode()
     def encode_audio(self, audio: AudioInput, window: Window, name: str = "audio") -> torch.Tensor:
@@ -275,8 +294,9 @@ class StableAudioModel:
         ``sample_size`` cap makes one) encoded in one piece: the encoder pads to whole 2-latent chunks, E = L + 1.
         :meth:`inpaint_condition` keeps that length (see there)."""
         prepared = self.prepare_audio(audio, window, name)
-        return self.autoencoder.encode_audio(prepared.to(self._autoencoder_dtype()),
-                                             chunked=self.config.autoencoder.chunked)
+        return self.autoencoder.encode_audio(
+            prepared.to(self._autoencoder_dtype()), chunked=self.config.autoencoder.chunked
+        )
 
     def inpaint_condition(
         self,
@@ -305,27 +325,40 @@ class StableAudioModel:
             return torch.zeros(batch, 1 + latent_dim, length, device=self.device)
         if source_latents is not None:
             length = self.autoencoder.encoded_length(window.audio_samples, chunked=self.config.autoencoder.chunked)
-        latent_mask = inpaint.inpaint_mask(batch, window.audio_samples, length, self.sample_rate,
-                                           window.durations, regions=regions, mask=mask, device=self.device)
+        latent_mask = inpaint.inpaint_mask(
+            batch,
+            window.audio_samples,
+            length,
+            self.sample_rate,
+            window.durations,
+            regions=regions,
+            mask=mask,
+            device=self.device,
+        )
         if source_latents is None:
             masked = torch.zeros(batch, latent_dim, length, device=self.device)
         else:
             if source_latents.shape[0] not in (1, batch) or source_latents.shape[-1] != length:
-                raise ValueError(f"inpaint latents of shape {tuple(source_latents.shape)} do not fit a window of "
-                                 f"{batch} x {window.latents} latents (the encoder gives {length} for it)")
+                raise ValueError(
+                    f"inpaint latents of shape {tuple(source_latents.shape)} do not fit a window of "
+                    f"{batch} x {window.latents} latents (the encoder gives {length} for it)"
+                )
             masked = source_latents.float().expand(batch, -1, -1) * latent_mask
         return torch.cat([latent_mask, masked], dim=1)
 
     # -- stage 5: sampling ----------------------------------------------------------------------------
 
-    def dit_conditioning(self, conditioning: PromptConditioning, window: Window,
-                         local_add_cond: torch.Tensor | None = None) -> DiTConditioning:
+    def dit_conditioning(
+        self, conditioning: PromptConditioning, window: Window, local_add_cond: torch.Tensor | None = None
+    ) -> DiTConditioning:
         """Assemble the DiT inputs (cast to the model dtype) from the stage outputs."""
         if conditioning.batch_size != window.batch_size:
             raise ValueError(f"conditioning for {conditioning.batch_size} items but a window of {window.batch_size}")
         if conditioning.durations != window.durations:
-            raise ValueError(f"conditioning durations {list(conditioning.durations)} differ from the window's "
-                             f"{list(window.durations)}")
+            raise ValueError(
+                f"conditioning durations {list(conditioning.durations)} differ from the window's "
+                f"{list(window.durations)}"
+            )
         if local_add_cond is None:
             local_add_cond = self.inpaint_condition(window)
         pos, neg = conditioning.positive, conditioning.negative
@@ -338,8 +371,13 @@ class StableAudioModel:
             negative_cross_attn_mask=None if neg is None else negative_token_mask(neg.prompt_mask),
         )
 
-    def schedule(self, window: Window, steps: int, sigma_max: float = 1.0,
-                 dist_shift: DistributionShift | Mapping[str, Any] | None = None) -> torch.Tensor:
+    def schedule(
+        self,
+        window: Window,
+        steps: int,
+        sigma_max: float = 1.0,
+        dist_shift: DistributionShift | Mapping[str, Any] | None = None,
+    ) -> torch.Tensor:
         """Per-item timesteps (B, steps + 1); the shift defaults to the config's sampling shift."""
         if dist_shift is None or isinstance(dist_shift, Mapping):
             dist_shift = shift_from_options(dist_shift if dist_shift is not None else self.config.sampling_shift)
@@ -354,7 +392,7 @@ class StableAudioModel:
         window: Window,
         *,
         steps: int,
-        guidance: GuidanceOptions = GuidanceOptions(),
+        guidance: GuidanceOptions | None = None,
         sampler: str | None = None,
         init_latents: torch.Tensor | None = None,
         init_noise_level: float = 1.0,
@@ -378,21 +416,24 @@ class StableAudioModel:
         schedule = self.schedule(window, steps, sigma_max, dist_shift)
         # The conditioning is the same at every step: the guided model computes its embeddings and
         # cross-attention K/V once per conditioning batch (plain, CFG-doubled), again only when gates change weights.
-        model_fn = GuidedModel(self.dit, conditioning, guidance)
+        model_fn = GuidedModel(self.dit, conditioning, guidance or GuidanceOptions())
         if lora_gates:
             self._check_gates(lora_gates)
             model_fn = _GatedModel(model_fn, self.lora, lora_gates)
         try:
-            latents = sample(model_fn, x, schedule, sampler=sampler or self.default_sampler, callback=callback,
-                             generator=generator)
+            latents = sample(
+                model_fn, x, schedule, sampler=sampler or self.default_sampler, callback=callback, generator=generator
+            )
         finally:
             if lora_gates:
                 self.lora.clear_gates()
-        require_finite(latents,
-                       "sampling produced NaN or infinite latents, so the audio would be noise or full-scale clipping. "
-                       "Likely causes: extreme settings (cfg_scale, apg_scale, cfg_norm_threshold, scale_phi, the "
-                       "distribution shift / sampler shift), or DiT weights that are broken or pushed out of range "
-                       "by a LoRA (its alpha or strength)")
+        require_finite(
+            latents,
+            "sampling produced NaN or infinite latents, so the audio would be noise or full-scale clipping. "
+            "Likely causes: extreme settings (cfg_scale, apg_scale, cfg_norm_threshold, scale_phi, the "
+            "distribution shift / sampler shift), or DiT weights that are broken or pushed out of range "
+            "by a LoRA (its alpha or strength)",
+        )
         return latents.float()
 
     def _check_gates(self, gates: Sequence[LoRAGate]) -> None:
@@ -415,14 +456,19 @@ class StableAudioModel:
         """Latents (B, 256, L) -> audio (B, 2, samples) float32: SAME decode (chunked by default as the
         config says, bounded memory), zeros past each item's valid latents, then the peak policy."""
         chunked = self.config.autoencoder.chunked if chunked is None else chunked
-        require_finite(latents, "the latents to decode hold NaN or infinite values (the sampler's settings, the "
-                                "model's weights or a LoRA produced them)")
-        audio = self.autoencoder.decode_audio(latents.to(self._autoencoder_dtype()), chunked=chunked,
-                                              progress=progress)
+        require_finite(
+            latents,
+            "the latents to decode hold NaN or infinite values (the sampler's settings, the "
+            "model's weights or a LoRA produced them)",
+        )
+        audio = self.autoencoder.decode_audio(latents.to(self._autoencoder_dtype()), chunked=chunked, progress=progress)
         audio = output.zero_padding(audio, window.padding_mask(audio.device), self.downsampling_ratio)
         # Checked before the peak policy: clamping would turn infinities into full-scale samples.
-        require_finite(audio, "decoding produced NaN or infinite audio from finite latents: the autoencoder's "
-                              "weights are broken, or it ran in a dtype too narrow for these latents")
+        require_finite(
+            audio,
+            "decoding produced NaN or infinite audio from finite latents: the autoencoder's "
+            "weights are broken, or it ran in a dtype too narrow for these latents",
+        )
         return output.apply_peak_policy(audio, peak)
 
     def _autoencoder_dtype(self) -> torch.dtype:
@@ -488,15 +534,23 @@ class StableAudioModel:
         names, and the conditioner's LoRAs, act at every step. After the call every LoRA is on again.
         """
         prompt, negative_prompt, duration, batch_size = official_args.plain_request(
-            prompt, negative_prompt, duration, batch_size, conditioning=conditioning,
-            negative_conditioning=negative_conditioning, conditioning_tensors=conditioning_tensors, sigma_max=sigma_max)
+            prompt,
+            negative_prompt,
+            duration,
+            batch_size,
+            conditioning=conditioning,
+            negative_conditioning=negative_conditioning,
+            conditioning_tensors=conditioning_tensors,
+            sigma_max=sigma_max,
+        )
         # 1. Validate the whole request before any work.
         if prompt is None:
             raise ValueError("prompt is required")
         validation.validate_batch_size(batch_size)
         prompts = validation.per_item(prompt, batch_size, "prompt")
-        negatives = None if negative_prompt is None else validation.per_item(negative_prompt, batch_size,
-                                                                             "negative_prompt")
+        negatives = (
+            None if negative_prompt is None else validation.per_item(negative_prompt, batch_size, "negative_prompt")
+        )
         durations = validation.per_item(duration, batch_size, "duration")
         validation.validate_prompts(prompts, "prompt")
         validation.validate_prompts(negatives or (), "negative_prompt")
@@ -509,8 +563,13 @@ class StableAudioModel:
         regions = inpaint.regions_from_seconds(inpaint_mask_start_seconds, inpaint_mask_end_seconds)
         if regions is not None:
             inpaint_mask = None  # the official precedence: seconds win over a prebuilt mask
-        guidance = GuidanceOptions(cfg_scale=cfg_scale, apg_scale=apg_scale, cfg_interval=tuple(cfg_interval),
-                                   cfg_norm_threshold=cfg_norm_threshold, scale_phi=scale_phi)
+        guidance = GuidanceOptions(
+            cfg_scale=cfg_scale,
+            apg_scale=apg_scale,
+            cfg_interval=tuple(cfg_interval),
+            cfg_norm_threshold=cfg_norm_threshold,
+            scale_phi=scale_phi,
+        )
         if isinstance(dist_shift, Mapping):
             dist_shift = shift_from_options(dist_shift)  # checks its settings now, before any work
         lora_gates = gates_from_configs(lora_configs) if lora_configs is not None else []
@@ -525,15 +584,26 @@ class StableAudioModel:
         noise, generator = self.initial_noise(window, seed)
         if cfg_scale == 1.0:  # without guidance the negative side is never used: do not encode it
             negatives, negative_conditioning_tensors = None, None
-        conditioning = self._conditioning(prompts, durations, negatives, conditioning_tensors,
-                                          negative_conditioning_tensors)
+        conditioning = self._conditioning(
+            prompts, durations, negatives, conditioning_tensors, negative_conditioning_tensors
+        )
         dit_cond = self.dit_conditioning(conditioning, window, local_add_cond)
 
         # 3. Sample and decode.
-        latents = self.sample_latents(noise, generator, dit_cond, window, steps=steps, guidance=guidance,
-                                      sampler=sampler_type, init_latents=init_latents,
-                                      init_noise_level=init_noise_level, dist_shift=dist_shift, callback=callback,
-                                      lora_gates=lora_gates)
+        latents = self.sample_latents(
+            noise,
+            generator,
+            dit_cond,
+            window,
+            steps=steps,
+            guidance=guidance,
+            sampler=sampler_type,
+            init_latents=init_latents,
+            init_noise_level=init_noise_level,
+            dist_shift=dist_shift,
+            callback=callback,
+            lora_gates=lora_gates,
+        )
         if return_latents:
             return latents
         audio = self.decode_latents(latents, window, chunked=chunked_decode, peak=peak)
@@ -559,8 +629,9 @@ class StableAudioModel:
             negative = encoded.negative if encoded is not None else None
         return PromptConditioning(positive=positive, negative=negative, durations=tuple(float(d) for d in durations))
 
-    def _build_inpaint(self, window: Window, inpaint_audio: AudioInput | None,
-                       regions: list[Region] | None, mask: torch.Tensor | None) -> torch.Tensor:
+    def _build_inpaint(
+        self, window: Window, inpaint_audio: AudioInput | None, regions: list[Region] | None, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         if regions is None and mask is None:
             if inpaint_audio is not None:
                 raise ValueError("inpaint_audio was given without inpaint_mask_start/end_seconds or an inpaint_mask")
@@ -573,8 +644,9 @@ class StableAudioModel:
 
     # -- speed ----------------------------------------------------------------------------------------
 
-    def compile(self, parts: Sequence[str] = ("dit", "autoencoder"), *, mode: str | None = None,
-                backend: str = "inductor") -> None:
+    def compile(
+        self, parts: Sequence[str] = ("dit", "autoencoder"), *, mode: str | None = None, backend: str = "inductor"
+    ) -> None:
         """Opt-in ``torch.compile`` of the repeated blocks (every DiT block and/or every SAME block), in
         place: state dict keys, LoRA and the outputs' meaning are unchanged; each new input shape compiles
         once more (static shapes).
@@ -601,8 +673,7 @@ class StableAudioModel:
         if isinstance(paths, (str, Path)):
             paths = [paths]
         if self.lora is None:
-            self.lora = LoRAStack({"dit": self.dit, "conditioner": self.conditioners},
-                                  dora_mode=dora_mode or "linear")
+            self.lora = LoRAStack({"dit": self.dit, "conditioner": self.conditioners}, dora_mode=dora_mode or "linear")
         elif dora_mode is not None:
             self.lora.set_dora_mode(dora_mode)
         return self.lora.load(list(paths))
@@ -634,17 +705,23 @@ class _GatedModel:
         return self.model_fn(x, t)
 
 
-
-
 def _refuse_non_finite_inputs(conditioning: DiTConditioning, init_latents: torch.Tensor | None) -> None:
     """NaN in the sampler's inputs makes every step NaN: say where it came from before sampling."""
-    named = {"the prompt conditioning": conditioning.cross_attn_cond, "the duration conditioning": conditioning.global_cond,
-             "the negative prompt conditioning": conditioning.negative_cross_attn_cond}
+    named = {
+        "the prompt conditioning": conditioning.cross_attn_cond,
+        "the duration conditioning": conditioning.global_cond,
+        "the negative prompt conditioning": conditioning.negative_cross_attn_cond,
+    }
     for what, tensor in named.items():
         if tensor is not None:
-            require_finite(tensor, f"{what} holds NaN or infinite values: the text encoder's or the conditioners' "
-                                   "weights are broken, or a LoRA on the conditioner pushed them out of range")
-    for what, tensor in {"the inpaint / continuation input": conditioning.local_add_cond,
-                         "the init audio's encoding": init_latents}.items():
+            require_finite(
+                tensor,
+                f"{what} holds NaN or infinite values: the text encoder's or the conditioners' "
+                "weights are broken, or a LoRA on the conditioner pushed them out of range",
+            )
+    for what, tensor in {
+        "the inpaint / continuation input": conditioning.local_add_cond,
+        "the init audio's encoding": init_latents,
+    }.items():
         if tensor is not None:
             require_finite(tensor, f"{what} holds NaN or infinite values: the autoencoder's weights are broken")

@@ -31,8 +31,8 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -113,7 +113,9 @@ def bf16_pays(fp32_rate: float, bf16_rate: float) -> bool:
     return bf16_rate >= BF16_SPEEDUP * fp32_rate
 
 
-def choose_cpu_dtype(native_bf16: bool, rate: Callable[[torch.dtype], float], rounds: int = 3) -> tuple[torch.dtype, str]:
+def choose_cpu_dtype(
+    native_bf16: bool, rate: Callable[[torch.dtype], float], rounds: int = 3
+) -> tuple[torch.dtype, str]:
     """bf16 or fp32 for this CPU, and why. ``rate(dtype)`` measures a GEMM rate; it is called in turns
     (fp32, bf16, fp32, ...) and the best of ``rounds`` is kept for each, so that other processes'
     load, which only ever slows a measurement down, hits both alike."""
@@ -173,8 +175,9 @@ def autoencoder_dtype(device: torch.device | str, dtype: torch.dtype, *, chosen:
     return dtype
 
 
-def component_dtypes(device: torch.device | str, dtype: torch.dtype | None = None,
-                     autoencoder: torch.dtype | None = None) -> ComponentDtypes:
+def component_dtypes(
+    device: torch.device | str, dtype: torch.dtype | None = None, autoencoder: torch.dtype | None = None
+) -> ComponentDtypes:
     """Every module's dtype for ``device`` when the user asks for ``dtype`` (None: :func:`default_dtype`)
     and for ``autoencoder`` (None: :func:`autoencoder_dtype` of the DiT's), logged."""
     chosen = dtype is None
@@ -184,7 +187,11 @@ def component_dtypes(device: torch.device | str, dtype: torch.dtype | None = Non
     elif torch.device(device).type == "mps" and autoencoder == torch.bfloat16:
         autoencoder = torch.float32  # never bf16 SAME on MPS, even when asked for
     result = ComponentDtypes(dit=dtype, autoencoder=autoencoder)
-    log.info("sa3: %s DiT / text encoder %s, SAME %s (%s)", torch.device(device).type,
-             str(result.dit).removeprefix("torch."), str(result.autoencoder).removeprefix("torch."),
-             "policy" if chosen else "requested")
+    log.info(
+        "sa3: %s DiT / text encoder %s, SAME %s (%s)",
+        torch.device(device).type,
+        str(result.dit).removeprefix("torch."),
+        str(result.autoencoder).removeprefix("torch."),
+        "policy" if chosen else "requested",
+    )
     return result

@@ -108,5 +108,5 @@ def sinc_resample(waveform: torch.Tensor, orig_freq: int, new_freq: int) -> torc
         count = min(step, frames - frame)
         starts = (torch.arange(frame, frame + count, device=device)[:, None] * orig + first).reshape(-1)
         block = windows[:, starts].view(signal.shape[0], count, new, taps)
-        out[:, frame * new:(frame + count) * new] = torch.einsum("cfjk,jk->cfj", block, weights).flatten(1)
+        out[:, frame * new : (frame + count) * new] = torch.einsum("cfjk,jk->cfj", block, weights).flatten(1)
     return out[:, :out_length].reshape(*shape[:-1], out_length)

@@ -22,8 +22,8 @@ keys of the standalone SAME-S / SAME-L files).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,6 @@ from .attention import BACKENDS
 from .config import AutoencoderConfig, SAMEConfig
 from .layers import Attention, DyT, FeedForward, RotaryEmbedding
 from .ops import OPS, CastWeights, LearnedTensor, Operations, attach_tensor, cast_param
-
 
 # --------------------------------------------------------------------------------------------------
 # Patching
@@ -81,8 +80,16 @@ class WeightNormConv1d(nn.Module, CastWeights):
     time, the way ``comfy.ops`` manual casting treats stored weights.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, bias: bool = True,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        bias: bool = True,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ):
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"'same' padding needs an odd kernel size, got {kernel_size}")
@@ -121,14 +128,31 @@ class SAMEBlock(nn.Module):
     (every chunk for SAME-S, the whole packed sequence for SAME-L).
     """
 
-    def __init__(self, dim: int, *, dim_heads: int, differential: bool, ff_mult: int, sinusoidal: bool,
-                 operations: Operations, attention_backend: str,
-                 device: torch.device | None, dtype: torch.dtype | None):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        dim_heads: int,
+        differential: bool,
+        ff_mult: int,
+        sinusoidal: bool,
+        operations: Operations,
+        attention_backend: str,
+        device: torch.device | None,
+        dtype: torch.dtype | None,
+    ):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.pre_norm = DyT(dim, **factory)
-        self.self_attn = Attention(dim, dim_heads=dim_heads, differential=differential, qk_norm="dyt",
-                                   backend=attention_backend, operations=operations, **factory)
+        self.self_attn = Attention(
+            dim,
+            dim_heads=dim_heads,
+            differential=differential,
+            qk_norm="dyt",
+            backend=attention_backend,
+            operations=operations,
+            **factory,
+        )
         self.ff_norm = DyT(dim, **factory)
         self.ff = FeedForward(dim, mult=ff_mult, sinusoidal=sinusoidal, operations=operations, **factory)
         self.rope = RotaryEmbedding(dim_heads // 2, **factory)
@@ -148,8 +172,16 @@ class TransformerResampler(nn.Module):
     (``variable_stride``), broadcast to every slot.
     """
 
-    def __init__(self, cfg: SAMEConfig, side: str, *, operations: Operations, attention_backend: str,
-                 device: torch.device | None, dtype: torch.dtype | None):
+    def __init__(
+        self,
+        cfg: SAMEConfig,
+        side: str,
+        *,
+        operations: Operations,
+        attention_backend: str,
+        device: torch.device | None,
+        dtype: torch.dtype | None,
+    ):
         super().__init__()
         if side not in ("encoder", "decoder"):
             raise ValueError(f"side must be 'encoder' or 'decoder', got {side!r}")
@@ -174,9 +206,16 @@ class TransformerResampler(nn.Module):
         # The official rule: block i gets the sin(pi x) gate when depth - i < sinusoidal_blocks.
         sinusoidal_blocks = cfg.sinusoidal_blocks[0]
         self.transformers = nn.ModuleList(
-            SAMEBlock(dim, dim_heads=cfg.dim_heads, differential=cfg.differential, ff_mult=cfg.ff_mult,
-                      sinusoidal=(depth - i) < sinusoidal_blocks, operations=operations,
-                      attention_backend=attention_backend, **factory)
+            SAMEBlock(
+                dim,
+                dim_heads=cfg.dim_heads,
+                differential=cfg.differential,
+                ff_mult=cfg.ff_mult,
+                sinusoidal=(depth - i) < sinusoidal_blocks,
+                operations=operations,
+                attention_backend=attention_backend,
+                **factory,
+            )
             for i in range(depth)
         )
 
@@ -275,16 +314,31 @@ class TransformerResampler(nn.Module):
 class SAMEEncoder(nn.Module):
     """Patches (B, 512, T) -> pre-bottleneck latents (B, 256, T / 16). ``layers`` = [TRB, T, Linear, T]."""
 
-    def __init__(self, cfg: SAMEConfig, *, operations: Operations, attention_backend: str,
-                 device: torch.device | None, dtype: torch.dtype | None):
+    def __init__(
+        self,
+        cfg: SAMEConfig,
+        *,
+        operations: Operations,
+        attention_backend: str,
+        device: torch.device | None,
+        dtype: torch.dtype | None,
+    ):
         super().__init__()
-        self.layers = nn.ModuleList([
-            TransformerResampler(cfg, "encoder", operations=operations, attention_backend=attention_backend,
-                                 device=device, dtype=dtype),
-            Transpose(),
-            operations.Linear(cfg.width, cfg.latent_dim, device=device, dtype=dtype),
-            Transpose(),
-        ])
+        self.layers = nn.ModuleList(
+            [
+                TransformerResampler(
+                    cfg,
+                    "encoder",
+                    operations=operations,
+                    attention_backend=attention_backend,
+                    device=device,
+                    dtype=dtype,
+                ),
+                Transpose(),
+                operations.Linear(cfg.width, cfg.latent_dim, device=device, dtype=dtype),
+                Transpose(),
+            ]
+        )
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -295,16 +349,31 @@ class SAMEEncoder(nn.Module):
 class SAMEDecoder(nn.Module):
     """Latents (B, 256, L) -> patches (B, 512, 16 L). ``layers`` = [T, Linear, T, TRB]."""
 
-    def __init__(self, cfg: SAMEConfig, *, operations: Operations, attention_backend: str,
-                 device: torch.device | None, dtype: torch.dtype | None):
+    def __init__(
+        self,
+        cfg: SAMEConfig,
+        *,
+        operations: Operations,
+        attention_backend: str,
+        device: torch.device | None,
+        dtype: torch.dtype | None,
+    ):
         super().__init__()
-        self.layers = nn.ModuleList([
-            Transpose(),
-            operations.Linear(cfg.latent_dim, cfg.width, device=device, dtype=dtype),
-            Transpose(),
-            TransformerResampler(cfg, "decoder", operations=operations, attention_backend=attention_backend,
-                                 device=device, dtype=dtype),
-        ])
+        self.layers = nn.ModuleList(
+            [
+                Transpose(),
+                operations.Linear(cfg.latent_dim, cfg.width, device=device, dtype=dtype),
+                Transpose(),
+                TransformerResampler(
+                    cfg,
+                    "decoder",
+                    operations=operations,
+                    attention_backend=attention_backend,
+                    device=device,
+                    dtype=dtype,
+                ),
+            ]
+        )
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -399,9 +468,15 @@ class SAMEAutoencoder(nn.Module):
     ``attention_backend`` is handed to every attention layer ("auto", "sdpa", "band", "flash").
     """
 
-    def __init__(self, cfg: AutoencoderConfig, *, operations: Operations = OPS,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None,
-                 attention_backend: str = "auto"):
+    def __init__(
+        self,
+        cfg: AutoencoderConfig,
+        *,
+        operations: Operations = OPS,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        attention_backend: str = "auto",
+    ):
         super().__init__()
         _check_backend(attention_backend)
         self.config = cfg
@@ -446,11 +521,14 @@ class SAMEAutoencoder(nn.Module):
         resampled to 44.1 kHz, channels fitted, zero-padded to whole latents."""
         return self.preprocess_audio_list_for_encoder([audio], [in_sr])
 
-    def preprocess_audio_list_for_encoder(self, audio_list: list[torch.Tensor], in_sr_list: int | list[int]) -> torch.Tensor:
+    def preprocess_audio_list_for_encoder(
+        self, audio_list: list[torch.Tensor], in_sr_list: int | list[int]
+    ) -> torch.Tensor:
         """Clips of any lengths / rates / channel counts -> one (B, 2, T) batch, zero-padded to the longest
         (rounded up to whole latents). ``in_sr_list``: one rate per clip, or one for all."""
-        return audio_prep.encoder_batch(audio_list, in_sr_list, self.sample_rate, self.downsampling_ratio,
-                                        self.audio_channels)
+        return audio_prep.encoder_batch(
+            audio_list, in_sr_list, self.sample_rate, self.downsampling_ratio, self.audio_channels
+        )
 
     # -- whole-signal ---------------------------------------------------------------------------------
 
@@ -482,7 +560,9 @@ class SAMEAutoencoder(nn.Module):
 
     # -- chunked (official scheme, sizes in latents) --------------------------------------------------
 
-    def encode_audio(self, audio: torch.Tensor, chunked: bool = False, chunk_size: int = 128, overlap: int = 32) -> torch.Tensor:
+    def encode_audio(
+        self, audio: torch.Tensor, chunked: bool = False, chunk_size: int = 128, overlap: int = 32
+    ) -> torch.Tensor:
         """Encode, in overlapping chunks of ``chunk_size`` latents when ``chunked`` and the audio is long enough.
 
         Chunked output has exactly ceil(T / 4096) latents. The audio is zero-padded to whole
@@ -495,14 +575,17 @@ class SAMEAutoencoder(nn.Module):
         total = audio.shape[-1] // ratio
         output = None
         for span in plan_chunks(total, chunk_size, overlap):
-            latents = self.encode(audio[..., span.start * ratio:(span.start + span.size) * ratio])
+            latents = self.encode(audio[..., span.start * ratio : (span.start + span.size) * ratio])
             if output is None:
                 output = latents.new_zeros(*latents.shape[:-1], total)
-            output[..., span.keep_start:span.keep_end] = latents[..., span.keep_start - span.start:span.keep_end - span.start]
+            output[..., span.keep_start : span.keep_end] = latents[
+                ..., span.keep_start - span.start : span.keep_end - span.start
+            ]
         return output
 
-    def iter_decode_audio(self, latents: torch.Tensor, chunk_size: int = 128, overlap: int = 32,
-                          trim: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+    def iter_decode_audio(
+        self, latents: torch.Tensor, chunk_size: int = 128, overlap: int = 32, trim: bool = True
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         """Decode chunk by chunk, yielding ``(first_sample, audio_piece)`` in order.
 
         The pieces tile the output without overlap (see ``plan_chunks``); only one chunk is decoded
@@ -528,8 +611,15 @@ class SAMEAutoencoder(nn.Module):
             first, last = (span.keep_start - start) * ratio, (span.keep_end - start) * ratio
             yield span.keep_start * ratio, audio[..., first:last]
 
-    def decode_audio(self, latents: torch.Tensor, chunked: bool = False, chunk_size: int = 128, overlap: int = 32,
-                     progress: Callable[[int, int], None] | None = None, trim: bool = True) -> torch.Tensor:
+    def decode_audio(
+        self,
+        latents: torch.Tensor,
+        chunked: bool = False,
+        chunk_size: int = 128,
+        overlap: int = 32,
+        progress: Callable[[int, int], None] | None = None,
+        trim: bool = True,
+    ) -> torch.Tensor:
         """Decode, in overlapping chunks of ``chunk_size`` latents when ``chunked`` and the input is long enough.
 
         ``progress(done, total)`` is called after every chunk. Chunked output has exactly 4096 L samples.
@@ -546,7 +636,7 @@ class SAMEAutoencoder(nn.Module):
         for done, (first, piece) in enumerate(self.iter_decode_audio(latents, chunk_size, overlap, trim), start=1):
             if output is None:
                 output = piece.new_zeros(*piece.shape[:-1], total_samples)
-            output[..., first:first + piece.shape[-1]] = piece
+            output[..., first : first + piece.shape[-1]] = piece
             if progress is not None:
                 progress(done, count)
         return output

@@ -18,8 +18,9 @@ float64 is never used (MPS has none).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -137,7 +138,10 @@ class FullShift:
 
     def __call__(self, t: torch.Tensor, seq_len: torch.Tensor) -> torch.Tensor:
         length = seq_len.float().clamp(self.min_length, self.max_length)[:, None]
-        mu = -(self.base_shift + (self.max_shift - self.base_shift) * (length - self.min_length) / (self.max_length - self.min_length))
+        mu = -(
+            self.base_shift
+            + (self.max_shift - self.base_shift) * (length - self.min_length) / (self.max_length - self.min_length)
+        )
         odds = 1 / (1 - t[None, :]) - 1  # t / (1 - t), written as the official code does (inf at t = 1)
         shifted = 1 - torch.exp(mu) / (torch.exp(mu) + odds)
         if self.use_sine:
@@ -178,7 +182,10 @@ def shift_from_options(options: Mapping[str, Any] | None) -> DistributionShift:
     allowed = set(cls.__dataclass_fields__)
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
-        raise ValueError(f"distribution shift {kind!r}: unknown option(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed)) or 'none'})")
+        raise ValueError(
+            f"distribution shift {kind!r}: unknown option(s) {', '.join(unknown)} "
+            f"(allowed: {', '.join(sorted(allowed)) or 'none'})"
+        )
     return cls(**kwargs)
 
 
@@ -539,12 +546,25 @@ class DiT(Protocol):
     """What guidance needs of the network (:class:`sa3_core.dit.DiffusionTransformer`): its step-invariant
     work computed once per conditioning batch, and a forward that takes it back."""
 
-    def step_constants(self, cross_attn_cond: torch.Tensor, global_cond: torch.Tensor,
-                       local_add_cond: torch.Tensor | None, latents: int) -> Any: ...
+    def step_constants(
+        self,
+        cross_attn_cond: torch.Tensor,
+        global_cond: torch.Tensor,
+        local_add_cond: torch.Tensor | None,
+        latents: int,
+    ) -> Any: ...
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, cross_attn_cond: torch.Tensor, global_cond: torch.Tensor,
-                 local_add_cond: torch.Tensor | None = None, padding_mask: torch.Tensor | None = None, *,
-                 constants: Any = None) -> torch.Tensor: ...
+    def __call__(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cross_attn_cond: torch.Tensor,
+        global_cond: torch.Tensor,
+        local_add_cond: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
+        *,
+        constants: Any = None,
+    ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -578,7 +598,9 @@ class GuidedModel:
         plain = _Variant(cond.cross_attn_cond, cond.global_cond, cond.local_add_cond, cond.padding_mask)
         self._variants = {"plain": plain}
         if options.cfg_scale != 1.0:
-            uncond = unconditional_context(cond.cross_attn_cond, cond.negative_cross_attn_cond, cond.negative_cross_attn_mask)
+            uncond = unconditional_context(
+                cond.cross_attn_cond, cond.negative_cross_attn_cond, cond.negative_cross_attn_mask
+            )
             mask = cond.padding_mask
             self._variants["doubled"] = _Variant(
                 torch.cat([cond.cross_attn_cond, uncond]),
@@ -602,10 +624,18 @@ class GuidedModel:
     def _forward(self, variant: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         c = self._variants[variant]
         if variant not in self._constants:
-            self._constants[variant] = self.dit.step_constants(c.cross_attn_cond, c.global_cond, c.local_add_cond,
-                                                               x.shape[-1])
-        return self.dit(x, t, c.cross_attn_cond, c.global_cond, c.local_add_cond, padding_mask=c.padding_mask,
-                        constants=self._constants[variant])
+            self._constants[variant] = self.dit.step_constants(
+                c.cross_attn_cond, c.global_cond, c.local_add_cond, x.shape[-1]
+            )
+        return self.dit(
+            x,
+            t,
+            c.cross_attn_cond,
+            c.global_cond,
+            c.local_add_cond,
+            padding_mask=c.padding_mask,
+            constants=self._constants[variant],
+        )
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if not self.guidance_active(t):

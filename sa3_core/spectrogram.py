@@ -24,8 +24,15 @@ MIN_FREQUENCY = 20.0  # the mel scale's bottom edge (Hz); the linear scale start
 # A perceptually ordered dark-to-bright colour map (anchor colours in RGB 0-255, evenly spaced, linearly
 # interpolated): black - purple - red - orange - pale yellow.
 COLORMAP = (
-    (0, 0, 4), (28, 16, 68), (79, 18, 123), (129, 37, 129), (181, 54, 122),
-    (229, 80, 100), (251, 135, 97), (254, 194, 135), (252, 253, 191),
+    (0, 0, 4),
+    (28, 16, 68),
+    (79, 18, 123),
+    (129, 37, 129),
+    (181, 54, 122),
+    (229, 80, 100),
+    (251, 135, 97),
+    (254, 194, 135),
+    (252, 253, 191),
 )
 
 _TIME_STEPS = (0.05, 0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 15, 20, 30, 60, 120)
@@ -106,8 +113,9 @@ def _seconds_label(seconds: float) -> str:
     return f"{round(seconds, 2):g}"
 
 
-def spectrogram(waveform: torch.Tensor, sample_rate: int, *, scale: str = "mel", width: int = 1024,
-                dynamic_range_db: float = 80.0) -> Spectrogram:
+def spectrogram(
+    waveform: torch.Tensor, sample_rate: int, *, scale: str = "mel", width: int = 1024, dynamic_range_db: float = 80.0
+) -> Spectrogram:
     """The levels of ``waveform`` (batch, channels, samples) over time and frequency.
 
     The hop between frames follows the length (about two frames per picture column, at least N_FFT/4,
@@ -123,8 +131,15 @@ def spectrogram(waveform: torch.Tensor, sample_rate: int, *, scale: str = "mel",
     batch, channels, samples = waveform.shape
     hop = min(N_FFT, max(N_FFT // 4, math.ceil(samples / (2 * width))))
     window = torch.hann_window(N_FFT, dtype=torch.float32, device=waveform.device)
-    spectrum = torch.stft(waveform.reshape(batch * channels, samples).float(), N_FFT, hop_length=hop, window=window,
-                          center=True, pad_mode="constant", return_complex=True)
+    spectrum = torch.stft(
+        waveform.reshape(batch * channels, samples).float(),
+        N_FFT,
+        hop_length=hop,
+        window=window,
+        center=True,
+        pad_mode="constant",
+        return_complex=True,
+    )
     # |X| of a full-scale sine in its bin is sum(window) / 2: scaled so that is power 1 (0 dB).
     power = (spectrum.abs() / (window.sum() / 2)) ** 2
     power = power.reshape(batch, channels, *power.shape[1:]).mean(dim=1)  # (batch, freqs, frames)
@@ -135,8 +150,14 @@ def spectrogram(waveform: torch.Tensor, sample_rate: int, *, scale: str = "mel",
         rows = torch.linspace(0, sample_rate / 2, power.shape[1])
     db = 10.0 * torch.log10(power.clamp_min(1e-20))
     db = db.clamp(-float(dynamic_range_db), 0.0)
-    return Spectrogram(db=db.cpu(), row_frequencies=rows, seconds=samples / sample_rate, sample_rate=sample_rate,
-                       scale=scale, dynamic_range_db=float(dynamic_range_db))
+    return Spectrogram(
+        db=db.cpu(),
+        row_frequencies=rows,
+        seconds=samples / sample_rate,
+        sample_rate=sample_rate,
+        scale=scale,
+        dynamic_range_db=float(dynamic_range_db),
+    )
 
 
 def colorize(spec: Spectrogram, width: int, height: int) -> torch.Tensor:
@@ -144,8 +165,9 @@ def colorize(spec: Spectrogram, width: int, height: int) -> torch.Tensor:
     frequency) and mapped through COLORMAP from ``-dynamic_range_db`` (black) to 0 dB (pale yellow)."""
     if width < 1 or height < 1:
         raise ValueError(f"width and height must be >= 1, got {width} x {height}")
-    levels = torch.nn.functional.interpolate(spec.db[:, None], size=(height, width), mode="bilinear",
-                                             align_corners=True)[:, 0]
+    levels = torch.nn.functional.interpolate(
+        spec.db[:, None], size=(height, width), mode="bilinear", align_corners=True
+    )[:, 0]
     levels = levels.flip(1)  # row 0 of the picture is the top: the highest frequency
     floor = spec.dynamic_range_db
     position = ((levels + floor) / floor).clamp(0, 1) * (len(COLORMAP) - 1)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,8 +84,12 @@ def t5gemma_encoder_config(
     }
     module.update(overrides)
     # T5GemmaConfig insists on a decoder description even for the encoder-only model; it builds nothing.
-    config = T5GemmaConfig(encoder=module, decoder={**module, "is_decoder": True},
-                           vocab_size=module["vocab_size"], is_encoder_decoder=False)
+    config = T5GemmaConfig(
+        encoder=module,
+        decoder={**module, "is_decoder": True},
+        vocab_size=module["vocab_size"],
+        is_encoder_decoder=False,
+    )
     config.architectures = ["T5GemmaEncoderModel"]
     return config
 
@@ -107,8 +112,15 @@ class T5GemmaTextEncoder:
     dtype.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, max_length: int = 256, cache_size: int = 16,
-                 weight_dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        max_length: int = 256,
+        cache_size: int = 16,
+        weight_dtype: torch.dtype | None = None,
+    ):
         hidden = model.config.encoder.hidden_size
         if hidden != 768:
             raise TextEncoderError(f"expected a T5Gemma-b encoder with hidden size 768, got {hidden}")
@@ -130,7 +142,7 @@ class T5GemmaTextEncoder:
         weight_dtype: torch.dtype | None = None,
         max_length: int = 256,
         cache_size: int = 16,
-    ) -> "T5GemmaTextEncoder":
+    ) -> T5GemmaTextEncoder:
         """Load an HF-format T5Gemma folder (``config.json``, safetensors weights, tokenizer files) offline.
 
         Weights must be safetensors (pickle files are refused, never loaded). Every encoder weight must be
@@ -147,8 +159,12 @@ class T5GemmaTextEncoder:
             raise TextEncoderError(f"{folder}: cannot load the T5Gemma tokenizer ({exc})") from None
         try:
             model, info = T5GemmaEncoderModel.from_pretrained(
-                folder, config=config, local_files_only=True, use_safetensors=True,
-                output_loading_info=True, ignore_mismatched_sizes=True,  # reported below, by name
+                folder,
+                config=config,
+                local_files_only=True,
+                use_safetensors=True,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,  # reported below, by name
                 **_load_options(dtype),
             )
         except (OSError, ValueError, RuntimeError) as exc:
@@ -170,7 +186,7 @@ class T5GemmaTextEncoder:
         max_length: int = 256,
         cache_size: int = 16,
         **config_overrides: Any,
-    ) -> "T5GemmaTextEncoder":
+    ) -> T5GemmaTextEncoder:
         """Build the encoder from weights with transformers' names (``encoder.*``) and a tokenizer.
 
         The architecture is read from the tensor shapes (see :func:`t5gemma_encoder_config`);
@@ -183,8 +199,12 @@ class T5GemmaTextEncoder:
         config = t5gemma_encoder_config(**sizes, **config_overrides)
         try:
             model, info = T5GemmaEncoderModel.from_pretrained(
-                None, config=config, state_dict=dict(state_dict), local_files_only=True,
-                output_loading_info=True, ignore_mismatched_sizes=True,  # reported below, by name
+                None,
+                config=config,
+                state_dict=dict(state_dict),
+                local_files_only=True,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,  # reported below, by name
                 **_load_options(dtype),
             )
         except (OSError, ValueError, RuntimeError) as exc:
@@ -203,7 +223,7 @@ class T5GemmaTextEncoder:
         """The dtype the encoder computes in (its weights may be stored in another, see ``weight_dtype``)."""
         return self.model.encoder.embed_tokens.compute_dtype
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "T5GemmaTextEncoder":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> T5GemmaTextEncoder:
         """Move (and cast: every weight, a float8 storage too) the encoder."""
         self.model.to(device=device, dtype=dtype)
         if dtype is not None:
@@ -221,16 +241,22 @@ class T5GemmaTextEncoder:
 
         A prompt longer than ``max_length`` tokens is cut silently by the tokenizer; a warning says so (the
         length is counted again only for prompts that fill every position, the only ones that can be cut)."""
-        encoded = self.tokenizer(list(prompts), truncation=True, max_length=self.max_length,
-                                 padding="max_length", return_tensors="pt")
+        encoded = self.tokenizer(
+            list(prompts), truncation=True, max_length=self.max_length, padding="max_length", return_tensors="pt"
+        )
         mask = encoded["attention_mask"].to(torch.bool)
         for prompt, row in zip(prompts, mask):
             if row.all():
                 tokens = len(self.tokenizer(prompt, truncation=False)["input_ids"])
                 if tokens > self.max_length:
-                    logger.warning("a prompt of %d tokens (%d characters) is longer than the %d tokens the text "
-                                   "encoder reads: only its beginning is used (%r...)", tokens, len(prompt),
-                                   self.max_length, prompt[:40])
+                    logger.warning(
+                        "a prompt of %d tokens (%d characters) is longer than the %d tokens the text "
+                        "encoder reads: only its beginning is used (%r...)",
+                        tokens,
+                        len(prompt),
+                        self.max_length,
+                        prompt[:40],
+                    )
         return encoded["input_ids"], mask
 
     @torch.no_grad()
@@ -291,16 +317,24 @@ def t5gemma_encoder_sizes(shapes: Mapping[str, Sequence[int]], source: str, head
         raise TextEncoderError(f"{source}: T5Gemma encoder layers are not numbered 0..N-1: {sorted(layers)}")
     if q_out % head_dim or kv_out % head_dim:
         raise TextEncoderError(f"{source}: attention width {q_out} is not a multiple of head_dim {head_dim}")
-    return {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": intermediate,
-            "num_hidden_layers": len(layers), "num_attention_heads": q_out // head_dim,
-            "num_key_value_heads": kv_out // head_dim}
+    return {
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": len(layers),
+        "num_attention_heads": q_out // head_dim,
+        "num_key_value_heads": kv_out // head_dim,
+    }
 
 
 def _raise_on_non_finite(model: nn.Module, source: str) -> None:
     """Weights transformers loaded from a folder must be finite (single files are checked as they are read)."""
     for name, tensor in model.state_dict().items():
-        require_finite(tensor, f"{source}: T5Gemma weight {name} holds NaN or infinite values; the file is damaged",
-                       TextEncoderError)
+        require_finite(
+            tensor,
+            f"{source}: T5Gemma weight {name} holds NaN or infinite values; the file is damaged",
+            TextEncoderError,
+        )
 
 
 def _load_options(dtype: torch.dtype) -> dict[str, Any]:
@@ -352,7 +386,7 @@ COMFY_IGNORED_PREFIXES = ("model.decoder.", "lm_head.")
 def comfy_key_to_transformers(key: str) -> str | None:
     """``model.encoder.X`` -> ``encoder.X`` (transformers' T5GemmaEncoderModel); None for other keys."""
     if key.startswith(COMFY_ENCODER_PREFIX):
-        return "encoder." + key[len(COMFY_ENCODER_PREFIX):]
+        return "encoder." + key[len(COMFY_ENCODER_PREFIX) :]
     return None
 
 

@@ -39,9 +39,38 @@ from .config import ModelConfig
 TINY_LABEL = "TINY RANDOM WEIGHTS - for tests and demos only, not a Stable Audio 3 model"
 
 # Words the tiny tokenizer knows; anything else maps to <unk>.
-_VOCAB = ["<pad>", "<eos>", "<bos>", "<unk>", "piano", "drums", "music", "loud", "soft", "bass", "synth",
-          "ambient", "rain", "thunder", "guitar", "strings", "warm", "dark", "bright", "techno", "house",
-          "jazz", "choir", "noise", "wind", "birds", "low", "high", "slow", "fast"]
+_VOCAB = [
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "<unk>",
+    "piano",
+    "drums",
+    "music",
+    "loud",
+    "soft",
+    "bass",
+    "synth",
+    "ambient",
+    "rain",
+    "thunder",
+    "guitar",
+    "strings",
+    "warm",
+    "dark",
+    "bright",
+    "techno",
+    "house",
+    "jazz",
+    "choir",
+    "noise",
+    "wind",
+    "birds",
+    "low",
+    "high",
+    "slow",
+    "fast",
+]
 
 # How each tensor is drawn; the first pattern matching its checkpoint key wins. Kinds:
 #   ("matrix", g)           N(0, g^2 / fan_in), fan_in = in_features (x kernel size)
@@ -121,11 +150,10 @@ def _draw(key: str, value: torch.Tensor, rules, generator: torch.Generator, diff
     """A fresh tensor for checkpoint ``key`` (shape and dtype of ``value``) by the first matching rule."""
     if value.numel() == 0:  # the bottleneck's empty noise_scaling_factor
         return value.detach().clone()
-    for pattern, (kind, *args) in rules:
-        if re.search(pattern, key):
-            break
-    else:
+    rule = next((rule for pattern, rule in rules if re.search(pattern, key)), None)
+    if rule is None:
         raise ValueError(f"no initialisation rule for {key}")
+    kind, *args = rule
     shape = value.shape
     if kind == "keep":
         return value.detach().clone()
@@ -134,14 +162,13 @@ def _draw(key: str, value: torch.Tensor, rules, generator: torch.Generator, diff
     if kind == "uniform":
         return args[0] + (args[1] - args[0]) * torch.rand(shape, generator=generator)
     fan_in = shape[1:].numel()
-    unit = torch.randn(shape, generator=generator) / fan_in ** 0.5
+    unit = torch.randn(shape, generator=generator) / fan_in**0.5
     if kind == "matrix":
         return unit * args[0]
     if kind == "qk_rows":
         gains = torch.where(_query_key_rows(key, shape[0], differential), args[1], args[0])
         return unit * gains.view(-1, *[1] * (len(shape) - 1))
     raise ValueError(f"unknown initialisation kind {kind!r}")
-
 
 
 def tiny_model_config(variant: str = "small") -> dict:
@@ -170,10 +197,19 @@ def _write_text_encoder(folder: Path, generator: torch.Generator) -> None:
     from transformers import PreTrainedTokenizerFast, T5GemmaConfig, T5GemmaEncoderModel
 
     folder.mkdir(parents=True, exist_ok=True)
-    module = dict(hidden_size=768, intermediate_size=64, num_hidden_layers=1, num_attention_heads=12,
-                  num_key_value_heads=12, head_dim=64, vocab_size=len(_VOCAB), layer_types=["sliding_attention"])
-    config = T5GemmaConfig(encoder=module, decoder={**module, "is_decoder": True}, vocab_size=len(_VOCAB),
-                           is_encoder_decoder=False)
+    module = dict(
+        hidden_size=768,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        head_dim=64,
+        vocab_size=len(_VOCAB),
+        layer_types=["sliding_attention"],
+    )
+    config = T5GemmaConfig(
+        encoder=module, decoder={**module, "is_decoder": True}, vocab_size=len(_VOCAB), is_encoder_decoder=False
+    )
     config.architectures = ["T5GemmaEncoderModel"]
     with torch.random.fork_rng(devices=[]):  # transformers' own init draws from the global RNG: leave it as it was
         encoder = T5GemmaEncoderModel(config).eval()
@@ -184,8 +220,9 @@ def _write_text_encoder(folder: Path, generator: torch.Generator) -> None:
 
     word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(_VOCAB)}, unk_token="<unk>"))
     word_level.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="<pad>", eos_token="<eos>",
-                                        bos_token="<bos>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=word_level, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
+    )
     tokenizer.save_pretrained(folder)
 
 
@@ -248,14 +285,23 @@ def _field(number: int, value: int | float | bytes | str) -> bytes:
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE = 1, 2, 3, 4, 6
 
 
-def sentencepiece_model_bytes(pieces: list[tuple[str, int]], *, model_type: int = 2, add_dummy_prefix: bool = False,
-                              normalizer: str = "identity") -> bytes:
+def sentencepiece_model_bytes(
+    pieces: list[tuple[str, int]], *, model_type: int = 2, add_dummy_prefix: bool = False, normalizer: str = "identity"
+) -> bytes:
     """A serialised SentencePiece ModelProto, Gemma-style by default (BPE, no dummy prefix, identity
     normalisation, pad/eos/bos/unk ids 0-3): ``pieces`` as (piece, type), scored -index (merge rank)."""
-    out = b"".join(_field(1, _field(1, piece) + _field(2, -float(i)) + _field(3, kind))
-                   for i, (piece, kind) in enumerate(pieces))
-    trainer = (_field(3, model_type) + _field(4, len(pieces)) + _field(35, 1)
-               + _field(40, 3) + _field(41, 2) + _field(42, 1) + _field(43, 0))
+    out = b"".join(
+        _field(1, _field(1, piece) + _field(2, -float(i)) + _field(3, kind)) for i, (piece, kind) in enumerate(pieces)
+    )
+    trainer = (
+        _field(3, model_type)
+        + _field(4, len(pieces))
+        + _field(35, 1)
+        + _field(40, 3)
+        + _field(41, 2)
+        + _field(42, 1)
+        + _field(43, 0)
+    )
     norm = _field(1, normalizer) + _field(3, int(add_dummy_prefix)) + _field(4, 0) + _field(5, 1)
     return out + _field(2, trainer) + _field(3, norm)
 
@@ -272,8 +318,9 @@ def tiny_sentencepiece_model() -> bytes:
 _TINY_TEXT_ENCODER_FIELDS = ("query_pre_attn_scalar", "layer_types")
 
 
-def write_tiny_single_files(folder: str | Path, model_file: str | Path,
-                            text_encoder_file: str | Path) -> tuple[Path, Path]:
+def write_tiny_single_files(
+    folder: str | Path, model_file: str | Path, text_encoder_file: str | Path
+) -> tuple[Path, Path]:
     """Write a tiny model folder (:func:`write_tiny_checkpoint`) in the Comfy-Org layout.
 
     ``model_file`` gets the folder's ``model.safetensors`` tensors with its ``model_config.json`` in the
@@ -289,14 +336,20 @@ def write_tiny_single_files(folder: str | Path, model_file: str | Path,
     folder = Path(folder)
     model_file, text_encoder_file = Path(model_file), Path(text_encoder_file)
     raw_config = json.loads((folder / "model_config.json").read_text())
-    save_file(load_file(str(folder / "model.safetensors")), str(model_file),
-              metadata={"description": TINY_LABEL, CONFIG_METADATA_KEY: json.dumps(raw_config)})
+    save_file(
+        load_file(str(folder / "model.safetensors")),
+        str(model_file),
+        metadata={"description": TINY_LABEL, CONFIG_METADATA_KEY: json.dumps(raw_config)},
+    )
 
     encoder_folder = folder / raw_config["model"]["conditioning"]["configs"][0]["config"]["subfolder"]
     encoder_config = json.loads((encoder_folder / "config.json").read_text())["encoder"]
     tensors = {"model." + k: v for k, v in load_file(str(encoder_folder / "model.safetensors")).items()}
     tensors["spiece_model"] = torch.frombuffer(bytearray(tiny_sentencepiece_model()), dtype=torch.uint8)
     fields = {name: encoder_config[name] for name in _TINY_TEXT_ENCODER_FIELDS}
-    save_file(tensors, str(text_encoder_file),
-              metadata={"description": TINY_LABEL, TEXT_ENCODER_CONFIG_METADATA_KEY: json.dumps(fields)})
+    save_file(
+        tensors,
+        str(text_encoder_file),
+        metadata={"description": TINY_LABEL, TEXT_ENCODER_CONFIG_METADATA_KEY: json.dumps(fields)},
+    )
     return model_file, text_encoder_file

@@ -81,8 +81,12 @@ def tokenizer_from_folder(folder: str | Path):
         backend = _sentencepiece_backend(spm)
         config = {**_sentencepiece_special_tokens(spm), **{k: v for k, v in config.items() if v is not None}}
         backend.post_processor = _special_tokens_template(
-            backend, _token(config["bos_token"]), _token(config["eos_token"]),
-            bool(config.get("add_bos_token")), bool(config.get("add_eos_token")))
+            backend,
+            _token(config["bos_token"]),
+            _token(config["eos_token"]),
+            bool(config.get("add_bos_token")),
+            bool(config.get("add_eos_token")),
+        )
         file_padding = None
     default_side = "left" if config.get("tokenizer_class") in _LEFT_PADDING_CLASSES else "right"
     extra = [*_tokens(config.get("additional_special_tokens")), *_tokens(config.get("extra_special_tokens"))]
@@ -130,21 +134,33 @@ def _special_tokens_template(backend, bos: str | None, eos: str | None, add_bos:
     add_bos, add_eos = add_bos and bos is not None, add_eos and eos is not None
 
     def template(sequence: str, type_id: int) -> list[str]:
-        return [*([f"{bos}:{type_id}"] if add_bos else []), f"${sequence}:{type_id}",
-                *([f"{eos}:{type_id}"] if add_eos else [])]
+        return [
+            *([f"{bos}:{type_id}"] if add_bos else []),
+            f"${sequence}:{type_id}",
+            *([f"{eos}:{type_id}"] if add_eos else []),
+        ]
 
     special = {}
     for token in [*([bos] if add_bos else []), *([eos] if add_eos else [])]:
         special[token] = backend.token_to_id(token)
         if special[token] is None:
             raise TokenizerError(f"special token {token!r} is not in the vocabulary")
-    return processors.TemplateProcessing(single=" ".join(template("A", 0)),
-                                         pair=" ".join(template("A", 0) + template("B", 1)),
-                                         special_tokens=list(special.items()))
+    return processors.TemplateProcessing(
+        single=" ".join(template("A", 0)),
+        pair=" ".join(template("A", 0) + template("B", 1)),
+        special_tokens=list(special.items()),
+    )
 
 
-def _wrap(backend, special: dict[str, str | None], *, additional: list[str | None] = (), padding_side: str,
-          truncation_side: str = "right", model_max_length: int = _UNLIMITED):
+def _wrap(
+    backend,
+    special: dict[str, str | None],
+    *,
+    additional: list[str | None] = (),
+    padding_side: str,
+    truncation_side: str = "right",
+    model_max_length: int = _UNLIMITED,
+):
     """A ``PreTrainedTokenizerFast`` around a ``tokenizers.Tokenizer``: the same class and arguments in 4.x and 5.x.
 
     ``add_bos_token`` / ``add_eos_token`` are deliberately not passed: 5.x rebuilds the post-processor from
@@ -156,8 +172,13 @@ def _wrap(backend, special: dict[str, str | None], *, additional: list[str | Non
     extras = [t for t in additional if t is not None and t not in kwargs.values()]
     if extras:
         kwargs["additional_special_tokens"] = list(dict.fromkeys(extras))
-    return PreTrainedTokenizerFast(tokenizer_object=backend, padding_side=padding_side,
-                                   truncation_side=truncation_side, model_max_length=model_max_length, **kwargs)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        padding_side=padding_side,
+        truncation_side=truncation_side,
+        model_max_length=model_max_length,
+        **kwargs,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,12 +228,12 @@ def _proto_fields(data: bytes):
         if wire_type == 0:
             value, pos = _read_varint(data, pos)
         elif wire_type == 1:
-            value, pos = data[pos:pos + 8], pos + 8
+            value, pos = data[pos : pos + 8], pos + 8
         elif wire_type == 2:
             length, pos = _read_varint(data, pos)
-            value, pos = data[pos:pos + length], pos + length
+            value, pos = data[pos : pos + length], pos + length
         elif wire_type == 5:
-            value, pos = data[pos:pos + 4], pos + 4
+            value, pos = data[pos : pos + 4], pos + 4
         else:
             raise ValueError(f"unsupported protobuf wire type {wire_type}")
         if pos > len(data):
@@ -287,8 +308,9 @@ def tokenizer_from_sentencepiece(
     spm = _parse_supported(data, source)
     special = _sentencepiece_special_tokens(spm)
     backend = _sentencepiece_backend(spm)
-    backend.post_processor = _special_tokens_template(backend, special["bos_token"], special["eos_token"],
-                                                      add_bos, add_eos)
+    backend.post_processor = _special_tokens_template(
+        backend, special["bos_token"], special["eos_token"], add_bos, add_eos
+    )
     return _wrap(backend, special, padding_side=padding_side)
 
 
@@ -326,8 +348,12 @@ def bpe_merges(pieces: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
     a tokenisation (two such merges never compete for the same pair of adjacent tokens).
     """
     index = {piece: i for i, piece in enumerate(pieces)}
-    return [(piece[:cut], piece[cut:]) for piece in pieces for cut in range(1, len(piece))
-            if piece[:cut] in index and piece[cut:] in index]
+    return [
+        (piece[:cut], piece[cut:])
+        for piece in pieces
+        for cut in range(1, len(piece))
+        if piece[:cut] in index and piece[cut:] in index
+    ]
 
 
 def _sentencepiece_backend(spm: SentencePieceModel):
@@ -337,14 +363,21 @@ def _sentencepiece_backend(spm: SentencePieceModel):
 
     vocab = {piece: i for i, piece in enumerate(spm.pieces)}
     unk = _sentencepiece_special_tokens(spm)["unk_token"]
-    backend = Tokenizer(BPE(vocab=vocab, merges=bpe_merges(spm.pieces), unk_token=unk,
-                            fuse_unk=True, byte_fallback=True))
+    backend = Tokenizer(
+        BPE(vocab=vocab, merges=bpe_merges(spm.pieces), unk_token=unk, fuse_unk=True, byte_fallback=True)
+    )
     backend.normalizer = normalizers.Replace(" ", "▁")
     backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-    backend.add_special_tokens([AddedToken(p, normalized=False, special=True)
-                                for p, t in zip(spm.pieces, spm.types) if t == _PIECE_CONTROL])
-    backend.add_tokens([AddedToken(p, normalized=False, special=False)
-                        for p, t in zip(spm.pieces, spm.types) if t == _PIECE_USER_DEFINED])
+    backend.add_special_tokens(
+        [AddedToken(p, normalized=False, special=True) for p, t in zip(spm.pieces, spm.types) if t == _PIECE_CONTROL]
+    )
+    backend.add_tokens(
+        [
+            AddedToken(p, normalized=False, special=False)
+            for p, t in zip(spm.pieces, spm.types)
+            if t == _PIECE_USER_DEFINED
+        ]
+    )
     return backend
 
 
@@ -352,5 +385,10 @@ def _sentencepiece_special_tokens(spm: SentencePieceModel) -> dict[str, str | No
     def piece(i: int) -> str | None:
         return spm.pieces[i] if 0 <= i < len(spm.pieces) else None
 
-    return {"bos_token": piece(spm.bos_id), "eos_token": piece(spm.eos_id), "unk_token": piece(spm.unk_id),
-            "pad_token": piece(spm.pad_id), "mask_token": "<mask>" if "<mask>" in spm.pieces else None}
+    return {
+        "bos_token": piece(spm.bos_id),
+        "eos_token": piece(spm.eos_id),
+        "unk_token": piece(spm.unk_id),
+        "pad_token": piece(spm.pad_id),
+        "mask_token": "<mask>" if "<mask>" in spm.pieces else None,
+    }

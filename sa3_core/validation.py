@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 
@@ -90,8 +91,9 @@ def validate_seed(seed: object) -> int:
     """A seed: an integer in [0, :data:`MAX_SEED`] (the Python API's ``-1``, a random seed, is resolved
     before this check)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}] (or -1 for a random seed in the Python API), "
-                         f"got {seed!r}")
+        raise ValueError(
+            f"seed must be an integer in [0, {MAX_SEED}] (or -1 for a random seed in the Python API), got {seed!r}"
+        )
     return seed
 
 
@@ -125,14 +127,17 @@ def validate_prompts(values: Sequence[object], name: str) -> None:
         if not isinstance(value, str):
             raise ValueError(f"{name}[{i}] must be a string, got {type(value).__name__}")
         if len(value) > MAX_PROMPT_CHARS:
-            raise ValueError(f"{name}[{i}] has {len(value)} characters, more than the {MAX_PROMPT_CHARS} allowed "
-                             "(the text encoder reads only the first 256 tokens anyway)")
+            raise ValueError(
+                f"{name}[{i}] has {len(value)} characters, more than the {MAX_PROMPT_CHARS} allowed "
+                "(the text encoder reads only the first 256 tokens anyway)"
+            )
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise ValueError(f"{name}[{i}] is not valid text: character {exc.start} is a lone UTF-16 surrogate "
-                             f"(U+{ord(value[exc.start]):04X}); remove it or replace it with the intended character"
-                             ) from None
+            raise ValueError(
+                f"{name}[{i}] is not valid text: character {exc.start} is a lone UTF-16 surrogate "
+                f"(U+{ord(value[exc.start]):04X}); remove it or replace it with the intended character"
+            ) from None
 
 
 def is_region(value: object) -> bool:

@@ -31,8 +31,8 @@ def read_wav(path: str | Path) -> tuple[int, torch.Tensor]:
     samples = None
     pos = 12
     while pos + 8 <= len(data):
-        chunk_id, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
-        body = data[pos + 8:pos + 8 + size]
+        chunk_id, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        body = data[pos + 8 : pos + 8 + size]
         if chunk_id == b"fmt ":
             if len(body) < 16:
                 raise WavError(f"{path}: truncated fmt chunk")

@@ -16,8 +16,8 @@ Vocabulary (SA3 numbers in brackets):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -63,8 +63,9 @@ def effective_lengths(
     seconds: Sequence[float], sample_rate: int, downsampling_ratio: int, device: torch.device | str | None = None
 ) -> torch.Tensor:
     """Per-item :func:`effective_length` as a (B,) int64 tensor (the schedule's ``seq_len``)."""
-    return torch.tensor([effective_length(s, sample_rate, downsampling_ratio) for s in seconds], dtype=torch.long,
-                        device=device)
+    return torch.tensor(
+        [effective_length(s, sample_rate, downsampling_ratio) for s in seconds], dtype=torch.long, device=device
+    )
 
 
 def headroom_latents(padding_sec: float, sample_rate: int, downsampling_ratio: int) -> int:
@@ -125,8 +126,9 @@ class Window:
 
     def padding_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
         """(B, L) bool, True on each item's valid latents (its duration + the padding headroom)."""
-        return padding_mask(self.durations, self.latents, self.padding_sec, self.sample_rate,
-                            self.downsampling_ratio, device)
+        return padding_mask(
+            self.durations, self.latents, self.padding_sec, self.sample_rate, self.downsampling_ratio, device
+        )
 
     def effective_lengths(self, device: torch.device | str | None = None) -> torch.Tensor:
         """(B,) latents each item's duration covers: the schedule's sequence lengths."""

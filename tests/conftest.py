@@ -17,8 +17,8 @@ import pytest
 # measurements, bf16 runs by asking for it).
 os.environ.setdefault("SA3_CPU_DTYPE", "float32")
 
-from tests.helpers import FIXTURES_DIR
 from tests.golden import TOLERANCE, CaseErrors
+from tests.helpers import FIXTURES_DIR
 
 _GOLDEN_ERRORS = pytest.StashKey[list[tuple[str, str, CaseErrors]]]()
 
@@ -46,7 +46,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if not rows:
         return
     write = terminalreporter.write_line
-    terminalreporter.section(f"golden cases: relative L2 error against the official implementation (tolerance {TOLERANCE:g})")
+    terminalreporter.section(
+        f"golden cases: relative L2 error against the official implementation (tolerance {TOLERANCE:g})"
+    )
     write(f"{'set':<7} {'case':<30} {'latents':>9} {'audio':>9}")
     for set_name, case, errors in rows:
         verdict = "" if errors.worst() <= TOLERANCE else "  OVER TOLERANCE"

@@ -101,8 +101,9 @@ class ModelCache:
         if folder not in self._models:
             # float32 explicitly: the fixtures are the official CPU (fp32) results, and on a CPU with fast bf16
             # our default would be bf16 (sa3_core.precision).
-            self._models[folder] = StableAudioModel.from_pretrained(self.set_dir / folder, device="cpu",
-                                                                    dtype=torch.float32)
+            self._models[folder] = StableAudioModel.from_pretrained(
+                self.set_dir / folder, device="cpu", dtype=torch.float32
+            )
         return self._models[folder]
 
     def for_case(self, name: str) -> StableAudioModel:

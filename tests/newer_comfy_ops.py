@@ -35,7 +35,6 @@ from torch import nn
 from torch.nn import functional as F
 
 
-
 class CastWeightBiasOp:
     """The attributes ComfyUI's ModelPatcher reads and sets on every comfy op."""
 
@@ -61,13 +60,20 @@ class CastWeightBiasOp:
         return weight, bias
 
 
-def _lazy_load_from_state_dict(module: nn.Module, state_dict, prefix: str, local_metadata: dict,
-                               missing_keys: list, unexpected_keys: list, weight_shape: tuple[int, ...],
-                               bias_shape: tuple[int, ...]) -> None:
+def _lazy_load_from_state_dict(
+    module: nn.Module,
+    state_dict,
+    prefix: str,
+    local_metadata: dict,
+    missing_keys: list,
+    unexpected_keys: list,
+    weight_shape: tuple[int, ...],
+    bias_shape: tuple[int, ...],
+) -> None:
     """``disable_weight_init._lazy_load_from_state_dict``: whatever tensor arrives becomes the parameter."""
     assign = local_metadata.get("assign_to_params_buffers", False)
     for key, value in state_dict.items():
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         if name == "weight":
             module.weight = nn.Parameter(value if assign else value.clone(), requires_grad=False)
         elif name == "bias" and value is not None:
@@ -96,10 +102,19 @@ class _LazyLinear(nn.Linear, CastWeightBiasOp):
     def reset_parameters(self) -> None:
         return None
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
-        _lazy_load_from_state_dict(self, state_dict, prefix, local_metadata, missing_keys, unexpected_keys,
-                                   (self.out_features, self.in_features), (self.out_features,))
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        _lazy_load_from_state_dict(
+            self,
+            state_dict,
+            prefix,
+            local_metadata,
+            missing_keys,
+            unexpected_keys,
+            (self.out_features, self.in_features),
+            (self.out_features,),
+        )
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self._casts():
@@ -121,11 +136,13 @@ class _LazyConv1d(nn.Conv1d, CastWeightBiasOp):
     def reset_parameters(self) -> None:
         return None
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
         weight_shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
-        _lazy_load_from_state_dict(self, state_dict, prefix, local_metadata, missing_keys, unexpected_keys,
-                                   weight_shape, (self.out_channels,))
+        _lazy_load_from_state_dict(
+            self, state_dict, prefix, local_metadata, missing_keys, unexpected_keys, weight_shape, (self.out_channels,)
+        )
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self._casts():

@@ -31,8 +31,22 @@ def test_audit_finds_no_wasted_work(fixtures_dir):
 
 def test_t2a_runs_at_real_shapes(tmp_path):
     result = tmp_path / "t2a.json"
-    out = run_module("bench.t2a", "--variant", "small", "--seconds", "1", "--steps", "1", "--repeats", "1",
-                     "--text-encoder", "tiny", "--no-warmup", "--json", str(result))
+    out = run_module(
+        "bench.t2a",
+        "--variant",
+        "small",
+        "--seconds",
+        "1",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--text-encoder",
+        "tiny",
+        "--no-warmup",
+        "--json",
+        str(result),
+    )
     assert "| **total** |" in out
     data = json.loads(result.read_text())
     (row,) = data["rows"]

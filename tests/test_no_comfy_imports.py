@@ -14,8 +14,20 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SA3_CORE = REPO_ROOT / "sa3_core"
-COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "comfy_config", "folder_paths", "nodes",
-                 "server", "execution", "latent_preview", "node_helpers", "comfyui_version"}
+COMFY_MODULES = {
+    "comfy",
+    "comfy_api",
+    "comfy_extras",
+    "comfy_execution",
+    "comfy_config",
+    "folder_paths",
+    "nodes",
+    "server",
+    "execution",
+    "latent_preview",
+    "node_helpers",
+    "comfyui_version",
+}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -39,24 +39,32 @@ def test_the_parsers_use_no_regular_expressions() -> None:
     assert imported <= {"__future__", "math"}, imported
 
 
-@pytest.mark.parametrize("call", [
-    lambda text: parsing.parse_regions(text),
-    lambda text: parsing.parse_number_list(text, "per_item_durations"),
-    lambda text: parsing.item_durations(1.0, text, 1),
-], ids=["regions", "number list", "per-item durations"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda text: parsing.parse_regions(text),
+        lambda text: parsing.parse_number_list(text, "per_item_durations"),
+        lambda text: parsing.item_durations(1.0, text, 1),
+    ],
+    ids=["regions", "number list", "per-item durations"],
+)
 def test_list_widgets_refuse_long_text_before_reading_it(call, monkeypatch) -> None:
     def no_reading(text: str) -> list[str]:
         raise AssertionError("the text was read although it is too long")
 
     monkeypatch.setattr(parsing, "_list_parts", no_reading)
     adversarial = "1" * (parsing.MAX_LIST_CHARS + 1)  # the digit run that made the old regex quadratic
-    with pytest.raises(ValueError, match=f"{parsing.MAX_LIST_CHARS + 1} characters, more than the "
-                                         f"{parsing.MAX_LIST_CHARS} allowed"):
+    with pytest.raises(
+        ValueError, match=f"{parsing.MAX_LIST_CHARS + 1} characters, more than the {parsing.MAX_LIST_CHARS} allowed"
+    ):
         call(adversarial)
 
 
-@pytest.mark.parametrize("text", ["1" * 4000, "1" + " " * 4000 + "x", "1e" * 2000, "0." * 2000 + "-"],
-                         ids=["digits", "spaces", "exponents", "dots"])
+@pytest.mark.parametrize(
+    "text",
+    ["1" * 4000, "1" + " " * 4000 + "x", "1e" * 2000, "0." * 2000 + "-"],
+    ids=["digits", "spaces", "exponents", "dots"],
+)
 def test_adversarial_region_text_within_the_cap_is_refused_as_unreadable(text: str) -> None:
     with pytest.raises(ValueError, match="cannot read"):
         parsing.parse_regions(text)
@@ -81,20 +89,24 @@ def test_prompt_items() -> None:
         parsing.per_item_prompts("a\n---\nb", "x\n---\ny\n---\nz", **LIMITS)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("0.5-1.0, 2.5-3.5", [(0.5, 1.0), (2.5, 3.5)]),
-    ("0.5 - 1.0; 2 to 3\n4–5", [(0.5, 1.0), (2.0, 3.0), (4.0, 5.0)]),
-    ("1s-2s, 3 s - 4 s", [(1.0, 2.0), (3.0, 4.0)]),
-    (".5-1, 2.-3", [(0.5, 1.0), (2.0, 3.0)]),
-    ("1e-3-2e-3, 1E+1-2e1", [(0.001, 0.002), (10.0, 20.0)]),
-    ("  ,2-4,, ", [(2.0, 4.0)]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("0.5-1.0, 2.5-3.5", [(0.5, 1.0), (2.5, 3.5)]),
+        ("0.5 - 1.0; 2 to 3\n4–5", [(0.5, 1.0), (2.0, 3.0), (4.0, 5.0)]),
+        ("1s-2s, 3 s - 4 s", [(1.0, 2.0), (3.0, 4.0)]),
+        (".5-1, 2.-3", [(0.5, 1.0), (2.0, 3.0)]),
+        ("1e-3-2e-3, 1E+1-2e1", [(0.001, 0.002), (10.0, 20.0)]),
+        ("  ,2-4,, ", [(2.0, 4.0)]),
+    ],
+)
 def test_regions_syntax(text: str, expected: list[tuple[float, float]]) -> None:
     assert parsing.parse_regions(text) == expected
 
 
-@pytest.mark.parametrize("text", ["0.5 to", "1", "-1-2", "a-b", "1-2-3", "inf-1", "1-nan", "1_0-2", "+1-2",
-                                  "1e999-2", "1..2-3", "2-3x"])
+@pytest.mark.parametrize(
+    "text", ["0.5 to", "1", "-1-2", "a-b", "1-2-3", "inf-1", "1-nan", "1_0-2", "+1-2", "1e999-2", "1..2-3", "2-3x"]
+)
 def test_unreadable_regions(text: str) -> None:
     with pytest.raises(ValueError, match="cannot read .*write start-end in seconds"):
         parsing.parse_regions(text)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from official_assets import TINY_FOR, add_repo, base_config
+
 from sa3_core.hub import MODEL_REPOS
 
 

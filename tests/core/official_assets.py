@@ -1,5 +1,6 @@
 """What a user of the official package has on disk, for the tests that play its scenarios: a Hugging Face
-Hub cache laid out exactly as the hub lays it out (``models--<org>--<name>/blobs``, ``refs/main``, ``snapshots/<commit>/``
+Hub cache laid out exactly as the hub lays it out (``models--<org>--<name>/blobs``, ``refs/main``,
+``snapshots/<commit>/``
 of relative symlinks) holding tiny SA3 checkpoints under the official repository ids, LoRA files, audio clips."""
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def _blob_name(path: Path) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def add_repo(cache: Path, repo_id: str, source: Path, *, config: dict | None = None, skip: tuple[str, ...] = ()) -> Path:
+def add_repo(
+    cache: Path, repo_id: str, source: Path, *, config: dict | None = None, skip: tuple[str, ...] = ()
+) -> Path:
     """``models--<org>--<name>/{blobs,refs/main,snapshots/<commit>/...}`` with every file of ``source`` (a model
     folder) as a blob and a relative symlink to it, as ``hf_hub_download`` leaves them. ``config`` replaces
     ``model_config.json``; files whose relative path starts with an entry of ``skip`` are left out.
@@ -74,7 +77,9 @@ def base_config(folder: Path) -> dict:
     return config
 
 
-def write_lora(path: Path, parts: dict, *, rank: int = 4, alpha: float = 4.0, seed: int = 0, scale: float = 0.05) -> Path:
+def write_lora(
+    path: Path, parts: dict, *, rank: int = 4, alpha: float = 4.0, seed: int = 0, scale: float = 0.05
+) -> Path:
     """A LoRA file as the official trainer saves it (``save_lora_safetensors``): fp16 ``lora_A`` / ``lora_B`` for
     every Linear of each part, keys rooted at ``model.`` (DiT) / ``conditioners.`` (conditioner), the
     ``lora_config`` JSON in the metadata. ``parts``: ``{"model.": dit, "conditioners.": conditioners}``."""
@@ -92,8 +97,9 @@ def write_lora(path: Path, parts: dict, *, rank: int = 4, alpha: float = 4.0, se
     return path
 
 
-def sine_wave(duration: float, sample_rate: int, channels: int = 2, freq: float = 440.0, device: str = "cpu",
-              half: bool = False) -> torch.Tensor:
+def sine_wave(
+    duration: float, sample_rate: int, channels: int = 2, freq: float = 440.0, device: str = "cpu", half: bool = False
+) -> torch.Tensor:
     """A (channels, samples) sine of amplitude 0.8, as the official tests' helper makes it."""
     t = torch.linspace(0, duration, int(duration * sample_rate), device=device)
     wave = 0.8 * torch.sin(2 * math.pi * freq * t)

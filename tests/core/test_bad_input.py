@@ -75,8 +75,9 @@ NON_FINITE = {
     "flux shift NaN": dict(dist_shift={"type": "flux", "alpha_min": NAN, "alpha_max": 2.0}),
     "logsnr shift inf": dict(dist_shift={"type": "logsnr", "rate": INF}),
     "full shift NaN": dict(dist_shift={"type": "full", "base_shift": NAN}),
-    "inpaint region NaN": dict(inpaint_audio=(SR, sine(2.0, SR)), inpaint_mask_start_seconds=NAN,
-                               inpaint_mask_end_seconds=1.0),
+    "inpaint region NaN": dict(
+        inpaint_audio=(SR, sine(2.0, SR)), inpaint_mask_start_seconds=NAN, inpaint_mask_end_seconds=1.0
+    ),
     "inpaint mask NaN": dict(inpaint_audio=(SR, sine(2.0, SR)), inpaint_mask=torch.full((1, 2 * SR), NAN)),
 }
 
@@ -114,11 +115,15 @@ def test_lora_strength_must_be_a_finite_number(strength) -> None:
 TOO_MANY = MAX_BATCH + 1
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(batch_size=TOO_MANY),
-    dict(prompt=["piano"] * TOO_MANY, batch_size=TOO_MANY),
-    dict(conditioning=[{"prompt": "piano", "seconds_total": 1.0}] * TOO_MANY),
-], ids=["batch_size", "prompt list", "conditioning dicts"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(batch_size=TOO_MANY),
+        dict(prompt=["piano"] * TOO_MANY, batch_size=TOO_MANY),
+        dict(conditioning=[{"prompt": "piano", "seconds_total": 1.0}] * TOO_MANY),
+    ],
+    ids=["batch_size", "prompt list", "conditioning dicts"],
+)
 def test_generate_refuses_batches_above_the_maximum(kwargs, model: StableAudioModel) -> None:
     with NoSampling(model), pytest.raises(ValueError, match=f"{TOO_MANY} items, more than the {MAX_BATCH}"):
         model.generate(**({"prompt": "piano", "duration": 1.0, "steps": 1, "seed": 1} | kwargs))
@@ -138,12 +143,16 @@ def test_stage_methods_refuse_batches_above_the_maximum(model: StableAudioModel,
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs, where", [
-    (dict(prompt="piano \ud800 drums"), r"prompt\[0\]"),
-    (dict(prompt=["piano", "x\udfff"], batch_size=2), r"prompt\[1\]"),
-    (dict(negative_prompt="noise \udc00", cfg_scale=3.0), r"negative_prompt\[0\]"),
-    (dict(conditioning=[{"prompt": "\ud83d", "seconds_total": 1.0}]), r"prompt\[0\]"),
-], ids=["prompt", "prompt list", "negative prompt", "conditioning dict"])
+@pytest.mark.parametrize(
+    "kwargs, where",
+    [
+        (dict(prompt="piano \ud800 drums"), r"prompt\[0\]"),
+        (dict(prompt=["piano", "x\udfff"], batch_size=2), r"prompt\[1\]"),
+        (dict(negative_prompt="noise \udc00", cfg_scale=3.0), r"negative_prompt\[0\]"),
+        (dict(conditioning=[{"prompt": "\ud83d", "seconds_total": 1.0}]), r"prompt\[0\]"),
+    ],
+    ids=["prompt", "prompt list", "negative prompt", "conditioning dict"],
+)
 def test_lone_surrogates_are_refused_with_a_clear_message(kwargs, where: str, model: StableAudioModel) -> None:
     with NoSampling(model), pytest.raises(ValueError, match=f"{where} is not valid text: .*lone UTF-16 surrogate"):
         model.generate(**({"prompt": "piano", "duration": 1.0, "steps": 1, "seed": 1} | kwargs))
@@ -200,14 +209,15 @@ def filter_bank_guard(monkeypatch):
 
 
 @pytest.mark.parametrize("rate", [4001, 44101, 11111, 383_999])
-def test_awkward_rates_resample_correctly_at_a_bounded_cost(rate: int, model: StableAudioModel,
-                                                            filter_bank_guard) -> None:
+def test_awkward_rates_resample_correctly_at_a_bounded_cost(
+    rate: int, model: StableAudioModel, filter_bank_guard
+) -> None:
     window = model.plan_window([2.0])
     prepared = model.prepare_audio((rate, sine(2.0, rate, hz=440.0)), window)
     expected = sine(2.0, SR, hz=440.0)  # the same tone sampled at 44.1 kHz
     middle = slice(2000, 2 * SR - 2000)  # away from the clip's edges, where the filter sees the zero padding
     assert (prepared[0][:, middle] - expected[:, middle]).abs().max() < 2e-3
-    assert torch.count_nonzero(prepared[0][:, 2 * SR + 100:]) == 0
+    assert torch.count_nonzero(prepared[0][:, 2 * SR + 100 :]) == 0
 
 
 @pytest.mark.parametrize("rate", [8000, 16000, 22050, 24000, 32000, 48000, 88200, 96000, 192000, 384000])
@@ -273,8 +283,9 @@ def _copy_with(tmp_path: Path, source: Path, edit_name: str, edit) -> Path:
 
 def test_checkpoint_with_nan_weights_is_refused_naming_file_and_tensor(fixtures_dir: Path, tmp_path: Path) -> None:
     key = "model.model.transformer.layers.0.self_attn.to_qkv.weight"
-    folder = _copy_with(tmp_path, fixtures_dir / "tiny-small", "model.safetensors",
-                        lambda t: t[key].view(-1)[7:9].fill_(NAN))
+    folder = _copy_with(
+        tmp_path, fixtures_dir / "tiny-small", "model.safetensors", lambda t: t[key].view(-1)[7:9].fill_(NAN)
+    )
     with pytest.raises(CheckpointError, match=f"{folder}/model.safetensors: tensor {key} holds NaN"):
         StableAudioModel.from_pretrained(folder, device="cpu")
 
@@ -308,15 +319,17 @@ def _lora_copy(fixtures_dir: Path, tmp_path: Path, *, tensor_edit=None, alpha=No
 
 def _weights(model: StableAudioModel) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.dit.state_dict().items()} | {
-        f"c.{k}": v.clone() for k, v in model.conditioners.state_dict().items()}
+        f"c.{k}": v.clone() for k, v in model.conditioners.state_dict().items()
+    }
 
 
 def _assert_weights(model: StableAudioModel, expected: dict[str, torch.Tensor]) -> None:
     assert all(torch.equal(_weights(model)[k], v) for k, v in expected.items())
 
 
-def test_lora_with_nan_factors_is_refused_naming_the_file(fixtures_dir: Path, tmp_path: Path,
-                                                          model: StableAudioModel) -> None:
+def test_lora_with_nan_factors_is_refused_naming_the_file(
+    fixtures_dir: Path, tmp_path: Path, model: StableAudioModel
+) -> None:
     def damage(tensors):
         key = next(k for k in tensors if k.endswith("lora_B"))
         tensors[key][0, 0] = NAN
@@ -331,8 +344,9 @@ def test_lora_with_nan_factors_is_refused_naming_the_file(fixtures_dir: Path, tm
         model.unload_lora()
 
 
-def test_lora_whose_merged_weights_blow_up_is_refused_and_nothing_changes(fixtures_dir: Path, tmp_path: Path,
-                                                                         model: StableAudioModel) -> None:
+def test_lora_whose_merged_weights_blow_up_is_refused_and_nothing_changes(
+    fixtures_dir: Path, tmp_path: Path, model: StableAudioModel
+) -> None:
     before = _weights(model)
     try:
         with pytest.raises(LoRAError, match="broken_lora.*larger than 65504.*alpha/rank 2.5e\\+29"):
@@ -392,5 +406,6 @@ def test_nan_autoencoder_weights_fail_before_the_audio_is_returned(model: Stable
 def test_nan_init_audio_latents_fail_before_sampling(model: StableAudioModel, broken) -> None:
     broken(next(model.autoencoder.encoder.parameters()))
     with NoSampling(model), pytest.raises(ValueError, match="init audio's encoding holds NaN"):
-        model.generate(prompt="piano", duration=1.0, steps=2, seed=1, init_audio=(SR, sine(1.0, SR)),
-                       init_noise_level=0.5)
+        model.generate(
+            prompt="piano", duration=1.0, steps=2, seed=1, init_audio=(SR, sine(1.0, SR)), init_noise_level=0.5
+        )

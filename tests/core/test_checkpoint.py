@@ -64,8 +64,11 @@ def test_loads_official_folder(fixtures_dir: Path, variant: str):
 
     assert loaded.layout == "folder" and loaded.config.variant == variant
     assert loaded.source == str(folder / "model.safetensors")
-    for prefix, module in [(DIT_PREFIX, loaded.dit), (AUTOENCODER_PREFIX, loaded.autoencoder),
-                           (CONDITIONER_PREFIX, loaded.conditioners)]:
+    for prefix, module in [
+        (DIT_PREFIX, loaded.dit),
+        (AUTOENCODER_PREFIX, loaded.autoencoder),
+        (CONDITIONER_PREFIX, loaded.conditioners),
+    ]:
         state = module.state_dict()
         assert {prefix + k for k in state} == {k for k in tensors if k.startswith(prefix)}
         for key, value in state.items():
@@ -80,8 +83,9 @@ def test_loads_official_folder(fixtures_dir: Path, variant: str):
 
 def test_dtype_conversion_keeps_file_values(fixtures_dir: Path):
     folder = fixtures_dir / "tiny-small"
-    loaded = load_components(folder, device="cpu", dtype=torch.float16, text_encoder_dtype=torch.float32,
-                             load_text_encoder=True)
+    loaded = load_components(
+        folder, device="cpu", dtype=torch.float16, text_encoder_dtype=torch.float32, load_text_encoder=True
+    )
     tensors = load_file(str(folder / "model.safetensors"))
     key = "transformer.rotary_pos_emb.inv_freq"
     inv_freq = loaded.dit.state_dict()[key]
@@ -112,8 +116,9 @@ def test_loading_never_touches_the_network(fixtures_dir: Path, no_network):
 def test_text_encoder_can_be_skipped_or_given(fixtures_dir: Path, tmp_path: Path):
     folder = _folder_copy(tmp_path, fixtures_dir / "tiny-small", skip=(TE_FOLDER,))
     assert load_components(folder, device="cpu", dtype=torch.float32, load_text_encoder=False).text_encoder is None
-    given = load_components(folder, device="cpu", dtype=torch.float32,
-                            text_encoder_path=fixtures_dir / "tiny-small" / TE_FOLDER)
+    given = load_components(
+        folder, device="cpu", dtype=torch.float32, text_encoder_path=fixtures_dir / "tiny-small" / TE_FOLDER
+    )
     assert given.text_encoder is not None
 
 
@@ -204,8 +209,9 @@ def test_missing_and_unexpected_tensors_are_listed(fixtures_dir: Path, tmp_path:
     path = tmp_path / "broken.safetensors"
     save_file(tensors, str(path))
     with pytest.raises(CheckpointError) as error:
-        load_components(path, config=fixtures_dir / "tiny-small" / "model_config.json", device="cpu",
-                        dtype=torch.float32)
+        load_components(
+            path, config=fixtures_dir / "tiny-small" / "model_config.json", device="cpu", dtype=torch.float32
+        )
     message = str(error.value)
     assert message.startswith(str(path))
     assert "1 missing, 2 unexpected, 0 wrong shape" in message
@@ -225,9 +231,13 @@ class _StandIn(torch.nn.Module):
 
 
 def _stand_in_tensors() -> dict[str, torch.Tensor]:
-    return {"net.first.weight": torch.randn(3, 4), "net.first.bias": torch.randn(3),
-            "net.second.weight": torch.randn(2, 3), "net.second.bias": torch.randn(2),
-            "net.inv_freq": torch.tensor([0.5, 0.25])}
+    return {
+        "net.first.weight": torch.randn(3, 4),
+        "net.first.bias": torch.randn(3),
+        "net.second.weight": torch.randn(2, 3),
+        "net.second.bias": torch.randn(2),
+        "net.inv_freq": torch.tensor([0.5, 0.25]),
+    }
 
 
 def test_load_module_weights_into_a_real_module():
@@ -288,7 +298,9 @@ def test_presets_give_the_real_checkpoint_shapes(fixtures_dir: Path):
         ours = {k: s for prefix, m in modules.items() for k, s in module_shapes(m, prefix).items()}
         assert len(ours) == count and ours == real
         assert detect_variant(real) == variant
-        assert detect_autoencoder_variant(real, prefix=AUTOENCODER_PREFIX) == ("SAME-L" if variant == "medium" else "SAME-S")
+        assert detect_autoencoder_variant(real, prefix=AUTOENCODER_PREFIX) == (
+            "SAME-L" if variant == "medium" else "SAME-S"
+        )
 
 
 def test_preset_base_flag():
@@ -306,11 +318,14 @@ def test_preset_base_flag():
 def test_single_file_with_explicit_config(fixtures_dir: Path, tmp_path: Path, variant: str):
     path = tmp_path / f"stable_audio_3_tiny_{variant}.safetensors"
     path.symlink_to(fixtures_dir / f"tiny-{variant}" / "model.safetensors")
-    loaded = load_components(path, config=fixtures_dir / f"tiny-{variant}" / "model_config.json",
-                             device="cpu", dtype=torch.float32)
+    loaded = load_components(
+        path, config=fixtures_dir / f"tiny-{variant}" / "model_config.json", device="cpu", dtype=torch.float32
+    )
     assert loaded.layout == "single_file" and loaded.text_encoder is None
     tensors = load_file(str(path))
-    assert torch.equal(loaded.dit.state_dict()["transformer.memory_tokens"], tensors[DIT_PREFIX + "transformer.memory_tokens"])
+    assert torch.equal(
+        loaded.dit.state_dict()["transformer.memory_tokens"], tensors[DIT_PREFIX + "transformer.memory_tokens"]
+    )
 
 
 def test_single_file_variant_detection_uses_presets(fixtures_dir: Path, tmp_path: Path, variant: str):
@@ -335,7 +350,10 @@ def test_single_file_that_is_not_sa3(tmp_path: Path):
 
 def _comfy_text_encoder_file(fixtures_dir: Path, path: Path, *, spiece: bool = True, extra: dict | None = None) -> Path:
     """The tiny fixture encoder in the Comfy-Org layout: ``model.encoder.*`` + ``spiece_model``."""
-    tensors = {"model." + k: v for k, v in load_file(str(fixtures_dir / "tiny-small" / TE_FOLDER / "model.safetensors")).items()}
+    tensors = {
+        "model." + k: v
+        for k, v in load_file(str(fixtures_dir / "tiny-small" / TE_FOLDER / "model.safetensors")).items()
+    }
     if spiece:
         tensors["spiece_model"] = torch.frombuffer(bytearray(tiny_sentencepiece_model()), dtype=torch.uint8)
     tensors.update(extra or {})
@@ -374,8 +392,11 @@ def test_comfy_text_encoder_file_errors(fixtures_dir: Path, tmp_path: Path):
         load_text_encoder(no_tokenizer, device="cpu", dtype=torch.float32, options=options)
     assert str(no_tokenizer) in str(error.value)
 
-    extra = _comfy_text_encoder_file(fixtures_dir, tmp_path / "extra.safetensors",
-                                     extra={"model.encoder.bogus": torch.zeros(1), "model.decoder.norm.weight": torch.zeros(768)})
+    extra = _comfy_text_encoder_file(
+        fixtures_dir,
+        tmp_path / "extra.safetensors",
+        extra={"model.encoder.bogus": torch.zeros(1), "model.decoder.norm.weight": torch.zeros(768)},
+    )
     with pytest.raises(CheckpointError, match=r"unexpected \(1\): model.encoder.bogus"):
         load_text_encoder(extra, device="cpu", dtype=torch.float32, options=options)
 
@@ -389,9 +410,14 @@ def test_single_file_with_comfy_text_encoder(fixtures_dir: Path, tmp_path: Path,
     te = _comfy_text_encoder_file(fixtures_dir, tmp_path / "t5gemma_b_b_ul2.safetensors")
     model = tmp_path / "stable_audio_3_tiny.safetensors"
     model.symlink_to(fixtures_dir / "tiny-small" / "model.safetensors")
-    loaded = load_components(model, config=fixtures_dir / "tiny-small" / "model_config.json", text_encoder_path=te,
-                             text_encoder_options=TextEncoderOptions(config_overrides=TINY_TE_OVERRIDES),
-                             device="cpu", dtype=torch.float32)
+    loaded = load_components(
+        model,
+        config=fixtures_dir / "tiny-small" / "model_config.json",
+        text_encoder_path=te,
+        text_encoder_options=TextEncoderOptions(config_overrides=TINY_TE_OVERRIDES),
+        device="cpu",
+        dtype=torch.float32,
+    )
     hidden, mask = loaded.text_encoder.encode(["abcd"])
     out = loaded.conditioners(hidden, mask, [5.0])
     assert out.cross_attn_cond.shape == (1, 257, 768)
@@ -417,18 +443,23 @@ def _standalone_same_folder(fixtures_dir: Path, tmp_path: Path, variant: str) ->
     raw = json.loads((source / "model_config.json").read_text())
     folder = tmp_path / f"SAME-{variant}"
     folder.mkdir()
-    (folder / "model_config.json").write_text(json.dumps({"sample_rate": 44100, "model": raw["model"]["pretransform"]["config"]}))
+    (folder / "model_config.json").write_text(
+        json.dumps({"sample_rate": 44100, "model": raw["model"]["pretransform"]["config"]})
+    )
     tensors = load_file(str(source / "model.safetensors"))
-    save_file({k[len(AUTOENCODER_PREFIX):]: v for k, v in tensors.items() if k.startswith(AUTOENCODER_PREFIX)},
-              str(folder / "model.safetensors"))
+    save_file(
+        {k[len(AUTOENCODER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(AUTOENCODER_PREFIX)},
+        str(folder / "model.safetensors"),
+    )
     return folder
 
 
 def test_standalone_same_folder(fixtures_dir: Path, tmp_path: Path, variant: str):
     folder = _standalone_same_folder(fixtures_dir, tmp_path, variant)
     loaded = load_autoencoder(folder, device="cpu", dtype=torch.float32)
-    reference = load_components(fixtures_dir / f"tiny-{variant}", device="cpu", dtype=torch.float32,
-                                load_text_encoder=False).autoencoder
+    reference = load_components(
+        fixtures_dir / f"tiny-{variant}", device="cpu", dtype=torch.float32, load_text_encoder=False
+    ).autoencoder
     for key, value in reference.state_dict().items():
         assert torch.equal(loaded.autoencoder.state_dict()[key], value), key
     assert loaded.config == dataclasses.replace(reference.config, chunked=True)

@@ -23,7 +23,7 @@ def _load_tiny_dit(fixtures_dir: Path, name: str, backend: str = "sdpa") -> Diff
     """Minimal local loader: the DiT tensors of a tiny checkpoint, prefix stripped, strict."""
     cfg = ModelConfig.from_json(fixtures_dir / name / "model_config.json")
     tensors = load_file(fixtures_dir / name / "model.safetensors")
-    state = {key[len(DIT_PREFIX):]: value for key, value in tensors.items() if key.startswith(DIT_PREFIX)}
+    state = {key[len(DIT_PREFIX) :]: value for key, value in tensors.items() if key.startswith(DIT_PREFIX)}
     model = DiffusionTransformer(cfg.dit, attention_backend=backend)
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -68,7 +68,9 @@ def test_context_tokens_matter(fixtures_dir: Path) -> None:
     model = _load_tiny_dit(fixtures_dir, "tiny-small")
     c = _components(fixtures_dir, "tiny-small")
     with torch.no_grad():
-        zero_ctx = model(c["dit.x"], c["dit.t"], torch.zeros_like(c["cross_attn_cond"]), c["global_cond"], c["local_add_cond"])
+        zero_ctx = model(
+            c["dit.x"], c["dit.t"], torch.zeros_like(c["cross_attn_cond"]), c["global_cond"], c["local_add_cond"]
+        )
     assert relative_l2(zero_ctx, c["dit.output"]) > 1e-5
 
 
@@ -76,13 +78,15 @@ def test_context_tokens_matter(fixtures_dir: Path) -> None:
     ("config_name", "shapes_name", "params"),
     [("small-music", "small", 459_130_880), ("medium", "medium", 1_453_170_176)],
 )
-def test_real_architecture_keys_shapes_and_size(fixtures_dir: Path, config_name: str, shapes_name: str, params: int) -> None:
+def test_real_architecture_keys_shapes_and_size(
+    fixtures_dir: Path, config_name: str, shapes_name: str, params: int
+) -> None:
     shapes_dir = fixtures_dir / "real_shapes"
     cfg = ModelConfig.from_json(shapes_dir / f"{config_name}_model_config.reconstructed.json")
     model = DiffusionTransformer(cfg.dit, device="meta")
     ours = {key: list(t.shape) for key, t in model.state_dict().items()}
     reference = json.loads((shapes_dir / f"{shapes_name}_state_dict_shapes.json").read_text())
-    expected = {key[len(DIT_PREFIX):]: shape for key, shape in reference.items() if key.startswith(DIT_PREFIX)}
+    expected = {key[len(DIT_PREFIX) :]: shape for key, shape in reference.items() if key.startswith(DIT_PREFIX)}
     assert sorted(set(expected) - set(ours)) == []
     assert sorted(set(ours) - set(expected)) == []
     assert ours == expected
@@ -101,8 +105,14 @@ def test_batched_cfg_equals_separate_calls(fixtures_dir: Path) -> None:
     args = (c["dit.x"], c["dit.t"])
     with torch.no_grad():
         twice = lambda tensor: torch.cat([tensor, tensor])  # noqa: E731
-        batched = model(twice(c["dit.x"]), twice(c["dit.t"]), torch.cat([c["cross_attn_cond"], uncond]),
-                        twice(c["global_cond"]), twice(c["local_add_cond"]), twice(mask))
+        batched = model(
+            twice(c["dit.x"]),
+            twice(c["dit.t"]),
+            torch.cat([c["cross_attn_cond"], uncond]),
+            twice(c["global_cond"]),
+            twice(c["local_add_cond"]),
+            twice(mask),
+        )
         v_cond, v_uncond = batched.chunk(2)
         sep_cond = model(*args, c["cross_attn_cond"], c["global_cond"], c["local_add_cond"], mask)
         sep_uncond = model(*args, uncond, c["global_cond"], c["local_add_cond"], mask)

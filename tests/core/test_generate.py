@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import FIXTURES_DIR
 from tests.golden import TOLERANCE, ModelCache, case_names, run_case
+from tests.helpers import FIXTURES_DIR
 
 CASES = case_names(FIXTURES_DIR)
 

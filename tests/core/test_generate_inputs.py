@@ -21,7 +21,7 @@ class CountingDiT:
         self.model, self.forbid, self.batches = model, forbid, []
         self.original = model.dit.forward
 
-    def __enter__(self) -> "CountingDiT":
+    def __enter__(self) -> CountingDiT:
         def forward(x, *args, **kwargs):
             if self.forbid:
                 raise AssertionError("the DiT ran although the request was invalid")
@@ -46,10 +46,24 @@ def clip(seconds: float = 2.0, channels: int = 2, sample_rate: int = SR) -> tupl
 
 
 BAD_REQUESTS = {
-    "region end before start": (dict(inpaint_audio=clip(4), inpaint_mask_start_seconds=2.0, inpaint_mask_end_seconds=1.0, duration=4.0), "must be after start"),
-    "region outside the audio": (dict(inpaint_audio=clip(4), inpaint_mask_start_seconds=5.0, inpaint_mask_end_seconds=6.0, duration=4.0), "at or after the end"),
-    "negative region start": (dict(inpaint_audio=clip(4), inpaint_mask_start_seconds=-1.0, inpaint_mask_end_seconds=1.0, duration=4.0), "negative"),
-    "start/end list lengths": (dict(inpaint_audio=clip(4), inpaint_mask_start_seconds=[0.5, 1.0], inpaint_mask_end_seconds=[1.0], duration=4.0), "starts but"),
+    "region end before start": (
+        dict(inpaint_audio=clip(4), inpaint_mask_start_seconds=2.0, inpaint_mask_end_seconds=1.0, duration=4.0),
+        "must be after start",
+    ),
+    "region outside the audio": (
+        dict(inpaint_audio=clip(4), inpaint_mask_start_seconds=5.0, inpaint_mask_end_seconds=6.0, duration=4.0),
+        "at or after the end",
+    ),
+    "negative region start": (
+        dict(inpaint_audio=clip(4), inpaint_mask_start_seconds=-1.0, inpaint_mask_end_seconds=1.0, duration=4.0),
+        "negative",
+    ),
+    "start/end list lengths": (
+        dict(
+            inpaint_audio=clip(4), inpaint_mask_start_seconds=[0.5, 1.0], inpaint_mask_end_seconds=[1.0], duration=4.0
+        ),
+        "starts but",
+    ),
     "zero duration": (dict(duration=0.0), "must be positive"),
     "negative duration": (dict(duration=-3.0), "must be positive"),
     "NaN duration": (dict(duration=float("nan")), "finite"),
@@ -59,7 +73,14 @@ BAD_REQUESTS = {
     "duration list length": (dict(duration=[1.0, 2.0], batch_size=3), "duration has 2 values"),
     "empty init audio": (dict(init_audio=(SR, torch.zeros(2, 0)), init_noise_level=0.5), "empty"),
     "NaN in init audio": (dict(init_audio=(SR, torch.full((2, 100), float("nan"))), init_noise_level=0.5), "NaN"),
-    "Inf in inpaint audio": (dict(inpaint_audio=(SR, torch.full((2, 100), float("inf"))), inpaint_mask_start_seconds=0.5, inpaint_mask_end_seconds=1.0), "infinite"),
+    "Inf in inpaint audio": (
+        dict(
+            inpaint_audio=(SR, torch.full((2, 100), float("inf"))),
+            inpaint_mask_start_seconds=0.5,
+            inpaint_mask_end_seconds=1.0,
+        ),
+        "infinite",
+    ),
     "init noise level above 1": (dict(init_audio=clip(), init_noise_level=1.5), "init_noise_level"),
     "init noise level negative": (dict(init_audio=clip(), init_noise_level=-0.1), "init_noise_level"),
     "init noise level zero": (dict(init_audio=clip(), init_noise_level=0.0), "init_noise_level"),
@@ -90,8 +111,15 @@ def test_bad_sampler_raises_before_the_first_step(model: StableAudioModel) -> No
 @pytest.mark.parametrize("cfg_scale, batch, expected_batch", [(1.0, 1, 1), (1.0, 2, 2), (7.0, 1, 2), (3.0, 2, 4)])
 def test_cfg_one_runs_one_pass_per_step_and_guidance_one_batched_pass(model, cfg_scale, batch, expected_batch) -> None:
     with CountingDiT(model) as dit:
-        model.generate(prompt="piano", negative_prompt="noise", duration=1.0, steps=3, seed=1,
-                       cfg_scale=cfg_scale, batch_size=batch)
+        model.generate(
+            prompt="piano",
+            negative_prompt="noise",
+            duration=1.0,
+            steps=3,
+            seed=1,
+            cfg_scale=cfg_scale,
+            batch_size=batch,
+        )
     assert dit.batches == [expected_batch] * 3
 
 
@@ -115,9 +143,18 @@ def test_generation_leaves_the_global_rng_alone(model: StableAudioModel) -> None
 
 def test_batch_inpainting_with_per_item_prompts_and_durations(model: StableAudioModel) -> None:
     """The official code crashes on inpainting with batch > 1; each item here gets its own length."""
-    items = model.generate(prompt=["piano", "drums"], negative_prompt=["noise", "loud"], duration=[3.0, 2.0],
-                           batch_size=2, steps=2, seed=3, cfg_scale=2.0, inpaint_audio=clip(3),
-                           inpaint_mask_start_seconds=[0.5], inpaint_mask_end_seconds=[1.0])
+    items = model.generate(
+        prompt=["piano", "drums"],
+        negative_prompt=["noise", "loud"],
+        duration=[3.0, 2.0],
+        batch_size=2,
+        steps=2,
+        seed=3,
+        cfg_scale=2.0,
+        inpaint_audio=clip(3),
+        inpaint_mask_start_seconds=[0.5],
+        inpaint_mask_end_seconds=[1.0],
+    )
     assert [tuple(i.shape) for i in items] == [(2, 3 * SR), (2, 2 * SR)]
     assert all(torch.isfinite(i).all() for i in items)
 
@@ -138,8 +175,15 @@ def test_continuation_keeps_the_source_audio(model: StableAudioModel) -> None:
     assert kept_latents == math.ceil(2.0 * SR / 4096)  # latents whose first sample lies before 2 s
     assert torch.equal(local[:, 1:, :kept_latents], source[..., :kept_latents])
     assert torch.count_nonzero(local[:, 1:, kept_latents:]) == 0
-    audio = model.generate(prompt="house", duration=4.0, steps=2, seed=4, inpaint_audio=clip(2.0),
-                           inpaint_mask_start_seconds=2.0, inpaint_mask_end_seconds=4.0)
+    audio = model.generate(
+        prompt="house",
+        duration=4.0,
+        steps=2,
+        seed=4,
+        inpaint_audio=clip(2.0),
+        inpaint_mask_start_seconds=2.0,
+        inpaint_mask_end_seconds=4.0,
+    )
     assert audio.shape == (1, 2, 4 * SR)
 
 
@@ -147,8 +191,8 @@ def test_prebuilt_mask_equals_regions(model: StableAudioModel) -> None:
     kwargs = dict(prompt="drums", duration=3.0, steps=2, seed=9, inpaint_audio=clip(3), return_latents=True)
     by_regions = model.generate(**kwargs, inpaint_mask_start_seconds=[0.5, 2.0], inpaint_mask_end_seconds=[1.0, 2.5])
     mask = torch.ones(1, 3 * SR)
-    mask[:, int(0.5 * SR):int(1.0 * SR)] = 0
-    mask[:, int(2.0 * SR):int(2.5 * SR)] = 0
+    mask[:, int(0.5 * SR) : int(1.0 * SR)] = 0
+    mask[:, int(2.0 * SR) : int(2.5 * SR)] = 0
     assert torch.equal(model.generate(**kwargs, inpaint_mask=mask), by_regions)
 
 
@@ -158,9 +202,15 @@ def test_init_audio_of_any_rate_and_channel_count(model: StableAudioModel, sampl
     assert prepared.shape == (1, 2, model.plan_window([2.0]).audio_samples)
     # one second of audio, resampled to 44.1 kHz, then zeros
     assert prepared[..., : SR - 50].abs().amax() > 0.1
-    assert torch.count_nonzero(prepared[..., SR + 50:]) == 0
-    audio = model.generate(prompt="guitar", duration=2.0, steps=2, seed=3, init_noise_level=0.7,
-                           init_audio=clip(1.0, channels, sample_rate))
+    assert torch.count_nonzero(prepared[..., SR + 50 :]) == 0
+    audio = model.generate(
+        prompt="guitar",
+        duration=2.0,
+        steps=2,
+        seed=3,
+        init_noise_level=0.7,
+        init_audio=clip(1.0, channels, sample_rate),
+    )
     assert audio.shape == (1, 2, 2 * SR)
 
 
@@ -195,11 +245,14 @@ def test_chunked_and_unchunked_decode_agree(model: StableAudioModel) -> None:
 
 def test_official_low_level_conditioning_paths(model: StableAudioModel) -> None:
     kwargs = dict(steps=2, seed=5, cfg_scale=3.0, return_latents=True)
-    simple = model.generate(prompt=["piano", "drums"], negative_prompt=["noise", "loud"], duration=[2.0, 1.5],
-                            batch_size=2, **kwargs)
-    dicts = model.generate(conditioning=[{"prompt": "piano", "seconds_total": 2.0}, {"prompt": "drums", "seconds_total": 1.5}],
-                           negative_conditioning=[{"prompt": "noise", "seconds_total": 2.0}, {"prompt": "loud", "seconds_total": 1.5}],
-                           **kwargs)
+    simple = model.generate(
+        prompt=["piano", "drums"], negative_prompt=["noise", "loud"], duration=[2.0, 1.5], batch_size=2, **kwargs
+    )
+    dicts = model.generate(
+        conditioning=[{"prompt": "piano", "seconds_total": 2.0}, {"prompt": "drums", "seconds_total": 1.5}],
+        negative_conditioning=[{"prompt": "noise", "seconds_total": 2.0}, {"prompt": "loud", "seconds_total": 1.5}],
+        **kwargs,
+    )
     assert torch.equal(simple, dicts)
     encoded = model.encode_prompts(["piano", "drums"], [2.0, 1.5], ["noise", "loud"])
 
@@ -207,9 +260,13 @@ def test_official_low_level_conditioning_paths(model: StableAudioModel) -> None:
         prompt, seconds = c.cross_attn_cond[:, :256], c.cross_attn_cond[:, 256:]
         return {"prompt": (prompt, c.prompt_mask), "seconds_total": (seconds, torch.ones(2, 1))}
 
-    tensors = model.generate(conditioning_tensors=official(encoded.positive),
-                             negative_conditioning_tensors=official(encoded.negative),
-                             duration=[2.0, 1.5], batch_size=2, **kwargs)
+    tensors = model.generate(
+        conditioning_tensors=official(encoded.positive),
+        negative_conditioning_tensors=official(encoded.negative),
+        duration=[2.0, 1.5],
+        batch_size=2,
+        **kwargs,
+    )
     assert torch.equal(simple, tensors)
     with pytest.raises(ValueError, match="sigma_max"):
         model.generate(prompt="x", duration=1.0, sigma_max=0.5)

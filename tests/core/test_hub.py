@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from sa3_core import StableAudioModel, hub
-from sa3_core.hub import MODEL_REPOS, ModelNotFoundError, resolve_autoencoder, resolve_model
-
 from official_assets import TINY_FOR, add_repo
+
+from sa3_core import StableAudioModel
+from sa3_core.hub import MODEL_REPOS, ModelNotFoundError, resolve_autoencoder, resolve_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,8 +48,9 @@ def test_refs_main_picks_the_snapshot_and_incomplete_ones_are_skipped(tmp_path: 
     assert resolve_model("small-music", cache_dir=cache).folder == old
 
 
-def test_models_folders_after_the_cache_argument_before_environment(tmp_path: Path, fixtures_dir: Path,
-                                                                    monkeypatch) -> None:
+def test_models_folders_after_the_cache_argument_before_environment(
+    tmp_path: Path, fixtures_dir: Path, monkeypatch
+) -> None:
     empty_cache = tmp_path / "empty-hub"
     comfy_models = tmp_path / "ComfyUI" / "models"  # a ComfyUI models folder as it is
     (comfy_models / "stable_audio_3").mkdir(parents=True)
@@ -61,10 +61,14 @@ def test_models_folders_after_the_cache_argument_before_environment(tmp_path: Pa
     monkeypatch.setenv("SA3_MODELS_DIR", os.pathsep.join([str(tmp_path / "nowhere"), str(comfy_models)]))
 
     assert resolve_model("small-sfx", cache_dir=empty_cache).folder == comfy_models / "stable_audio_3" / "small-sfx"
-    assert resolve_model("small-sfx", models_dir=mine, cache_dir=empty_cache).folder == mine / "stable-audio-3-small-sfx"
+    assert (
+        resolve_model("small-sfx", models_dir=mine, cache_dir=empty_cache).folder == mine / "stable-audio-3-small-sfx"
+    )
     cache = tmp_path / "hub"
     add_repo(cache, MODEL_REPOS["small-sfx"], fixtures_dir / "tiny-small")
-    assert resolve_model("small-sfx", models_dir=mine, cache_dir=cache).folder == snapshot_of(cache, MODEL_REPOS["small-sfx"])
+    assert resolve_model("small-sfx", models_dir=mine, cache_dir=cache).folder == snapshot_of(
+        cache, MODEL_REPOS["small-sfx"]
+    )
 
 
 def test_a_missing_model_lists_every_place_searched(tmp_path: Path, monkeypatch) -> None:
@@ -72,11 +76,13 @@ def test_a_missing_model_lists_every_place_searched(tmp_path: Path, monkeypatch)
     with pytest.raises(ModelNotFoundError) as error:
         resolve_model("medium-base", models_dir=tmp_path / "arg-models", cache_dir=tmp_path / "hub")
     message = str(error.value)
-    for place in (f"Hugging Face cache {tmp_path / 'hub'}: stabilityai/stable-audio-3-medium-base",
-                  str(tmp_path / "arg-models" / "stable-audio-3-medium-base"),
-                  str(tmp_path / "arg-models" / "medium-base"),
-                  str(tmp_path / "arg-models" / "stable_audio_3" / "medium-base"),
-                  str(tmp_path / "env-models" / "stable_audio_3" / "stable-audio-3-medium-base")):
+    for place in (
+        f"Hugging Face cache {tmp_path / 'hub'}: stabilityai/stable-audio-3-medium-base",
+        str(tmp_path / "arg-models" / "stable-audio-3-medium-base"),
+        str(tmp_path / "arg-models" / "medium-base"),
+        str(tmp_path / "arg-models" / "stable_audio_3" / "medium-base"),
+        str(tmp_path / "env-models" / "stable_audio_3" / "stable-audio-3-medium-base"),
+    ):
         assert place in message
     assert "nothing is downloaded" in message and "hf download stabilityai/stable-audio-3-medium-base" in message
     assert "SA3_MODELS_DIR" in message
@@ -149,7 +155,9 @@ def test_the_hub_cache_variables_are_respected(hub_cache: Path, variable: str) -
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HF_HOME", "SA3_MODELS_DIR")}
     env[variable] = str(hub_cache if variable == "HF_HUB_CACHE" else hub_cache.parent)  # HF_HOME/hub
     code = "from sa3_core.hub import resolve_model; print(resolve_model('medium').folder)"
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()) == snapshot_of(hub_cache, MODEL_REPOS["medium"])
 
@@ -165,4 +173,6 @@ def test_every_name_loads_its_checkpoint(official_cache: Path, fixtures_dir: Pat
         assert model.config.is_base == name.endswith("-base")
         expected = load_file(fixtures_dir / TINY_FOR[name] / "model.safetensors")
         dit = model.dit.state_dict()
-        assert all(torch.equal(dit[k[len("model.model."):]], v) for k, v in expected.items() if k.startswith("model.model."))
+        assert all(
+            torch.equal(dit[k[len("model.model.") :]], v) for k, v in expected.items() if k.startswith("model.model.")
+        )

@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from sa3_core.conditioners import Conditioners
 from sa3_core.config import ModelConfig
 from sa3_core.dit import DiffusionTransformer
 from sa3_core.lora import LoRAGate, LoRAStack, adaptable_weights, plan_lora_stack
 from sa3_core.lora_adapter import ADAPTER_TYPES, Adapter, LoRAError, apply_adapter, effective_weight, xs_bases
 from sa3_core.lora_file import expand_brackets, matches_any, module_name_to_target, read_lora_file
 from tests.helpers import relative_l2
-from sa3_core.conditioners import Conditioners
 
 LORA_A = "loras/style_a_lora.safetensors"
 LORA_B = "loras/style_b_dora.safetensors"
@@ -35,7 +35,7 @@ def _tiny_small(fixtures_dir: Path) -> tuple[DiffusionTransformer, Conditioners]
     tensors = load_file(fixtures_dir / "tiny-small" / "model.safetensors")
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     dit = DiffusionTransformer(cfg.dit, attention_backend="sdpa")
     dit.load_state_dict(part("model.model."), strict=True)
@@ -228,9 +228,13 @@ def test_filters_expand_brackets_like_official() -> None:
 
 
 def test_include_filters_accept_matching_keys(tmp_path: Path) -> None:
-    pair = {_key("model.transformer.layers.1.ff", "lora_A"): torch.randn(2, 4),
-            _key("model.transformer.layers.1.ff", "lora_B"): torch.randn(4, 2)}
-    lora = read_lora_file(_write(tmp_path / "inc.safetensors", pair, {"include": ["layers.[0-1]"], "exclude": ["to_q"]}))
+    pair = {
+        _key("model.transformer.layers.1.ff", "lora_A"): torch.randn(2, 4),
+        _key("model.transformer.layers.1.ff", "lora_B"): torch.randn(4, 2),
+    }
+    lora = read_lora_file(
+        _write(tmp_path / "inc.safetensors", pair, {"include": ["layers.[0-1]"], "exclude": ["to_q"]})
+    )
     assert lora.config.include == ("layers.[0-1]",) and lora.config.exclude == ("to_q",)
 
 
@@ -457,8 +461,10 @@ def test_plan_matches_the_chain_to_the_weights_and_changes_nothing(fixtures_dir:
     linear_weights = [n for n, m in dit.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d))]
     assert sorted(plan) == sorted([("dit", n) for n in linear_weights] + [("conditioner", SECONDS)])
     qkv = plan[("dit", QKV)]
-    assert [(p.lora_index, p.lora_name, p.strength) for p in qkv] == [(0, "style_a_lora", 0.5),
-                                                                      (1, "style_b_dora", 1.0)]
+    assert [(p.lora_index, p.lora_name, p.strength) for p in qkv] == [
+        (0, "style_a_lora", 0.5),
+        (1, "style_b_dora", 1.0),
+    ]
     assert qkv[0].adapter is a.adapters[f"model.{QKV}"] and qkv[1].adapter is b.adapters[f"model.{QKV}"]
     assert [(p.lora_index, p.strength) for p in plan[("conditioner", SECONDS)]] == [(0, 1.0), (1, 0.25)]
     assert plan_lora_stack([], weights) == {}
@@ -469,8 +475,10 @@ def test_plan_errors_name_the_file(fixtures_dir: Path, model) -> None:
     lora = read_lora_file(fixtures_dir / LORA_A)
     chain = [(lora, {"dit": 1.0, "conditioner": 1.0})]
     weights = {"dit": adaptable_weights(dit), "conditioner": adaptable_weights(cond)}
-    float8 = {"dit": weights["dit"] | {QKV: weights["dit"][QKV].to(torch.float8_e4m3fn)},
-              "conditioner": weights["conditioner"]}
+    float8 = {
+        "dit": weights["dit"] | {QKV: weights["dit"][QKV].to(torch.float8_e4m3fn)},
+        "conditioner": weights["conditioner"],
+    }
     missing = {"dit": {k: v for k, v in weights["dit"].items() if k != QKV}, "conditioner": weights["conditioner"]}
     reshaped = {"dit": weights["dit"] | {QKV: torch.zeros(5, 7)}, "conditioner": weights["conditioner"]}
     with pytest.raises(LoRAError, match=rf"style_a_lora.safetensors: model.{QKV} stores its weight in .*float8_e4m3fn"):
@@ -526,7 +534,9 @@ def test_errors_leave_weights_untouched(fixtures_dir: Path, tmp_path: Path, mode
 
     def extra_layers(tensors, config):
         for name in ("lora_A", "lora_B"):
-            tensors[_key("model.transformer.layers.7.self_attn.to_qkv", name)] = tensors[_key(f"model.{QKV}", name)].clone()
+            tensors[_key("model.transformer.layers.7.self_attn.to_qkv", name)] = tensors[
+                _key(f"model.{QKV}", name)
+            ].clone()
 
     def moved():
         dit.get_submodule(QKV).weight.data = dit.get_submodule(QKV).weight.data.double()
@@ -539,10 +549,14 @@ def test_errors_leave_weights_untouched(fixtures_dir: Path, tmp_path: Path, mode
         "target": lambda: stack.set_strength(0.5, target="vae"),
         "nan": lambda: stack.set_strength(float("nan")),
         "mode": lambda: stack.set_dora_mode("smooth"),
-        "adapter_type": lambda: stack.load([_edited_lora(fixtures_dir, tmp_path, lambda t, c: c.update(adapter_type="lokr"))]),
+        "adapter_type": lambda: stack.load(
+            [_edited_lora(fixtures_dir, tmp_path, lambda t, c: c.update(adapter_type="lokr"))]
+        ),
         "shape": lambda: stack.load([good, _edited_lora(fixtures_dir, tmp_path, qkv_shape)]),
         "unmatched": lambda: stack.load([_edited_lora(fixtures_dir, tmp_path, extra_layers)]),
-        "root": lambda: stack.load([_write(tmp_path / "r.safetensors", {_key("pretransform.x", "lora_A"): torch.ones(1, 1)}, {})]),
+        "root": lambda: stack.load(
+            [_write(tmp_path / "r.safetensors", {_key("pretransform.x", "lora_A"): torch.ones(1, 1)}, {})]
+        ),
         "second_file_bad": lambda: stack.load([good, _edited_lora(fixtures_dir, tmp_path, extra_layers)]),
         "pickle": lambda: stack.load([good, tmp_path / "style.ckpt"]),
         "moved": moved,

@@ -91,7 +91,9 @@ def test_only_the_named_lora_is_gated(loaded) -> None:
     assert not torch.equal(gated, model.generate(**REQUEST))
 
 
-def test_a_layer_filter_switches_off_the_matching_dit_modules(loaded, model, fixtures_dir: Path, tmp_path: Path) -> None:
+def test_a_layer_filter_switches_off_the_matching_dit_modules(
+    loaded, model, fixtures_dir: Path, tmp_path: Path
+) -> None:
     """Reference: the same LoRA file without the tensors of the filtered modules. The filter is lower-cased and
     its ``[a-b]`` ranges expanded, as officially."""
     with safe_open(str(fixtures_dir / LORA_A), framework="pt") as handle:
@@ -108,15 +110,18 @@ def test_a_layer_filter_switches_off_the_matching_dit_modules(loaded, model, fix
     assert torch.equal(filtered, model.generate(**REQUEST))
 
 
-@pytest.mark.parametrize("configs,message", [
-    ([{"lora_index": 2}], "lora_index 2 is out of range: 1 LoRA"),
-    ([{"interval": (0, 1)}], "expected a dict with 'lora_index'"),
-    ([{"lora_index": 0, "strength": 1}], "expected a dict with 'lora_index'"),
-    ([{"lora_index": 0, "interval": (0.5,)}], "interval must be two numbers"),
-    ([{"lora_index": 0, "interval": (0, float("nan"))}], "interval must be two numbers"),
-    ([{"lora_index": "0"}], "lora_index must be an integer"),
-    ({"lora_index": 0}, "must be a list"),
-])
+@pytest.mark.parametrize(
+    "configs,message",
+    [
+        ([{"lora_index": 2}], "lora_index 2 is out of range: 1 LoRA"),
+        ([{"interval": (0, 1)}], "expected a dict with 'lora_index'"),
+        ([{"lora_index": 0, "strength": 1}], "expected a dict with 'lora_index'"),
+        ([{"lora_index": 0, "interval": (0.5,)}], "interval must be two numbers"),
+        ([{"lora_index": 0, "interval": (0, float("nan"))}], "interval must be two numbers"),
+        ([{"lora_index": "0"}], "lora_index must be an integer"),
+        ({"lora_index": 0}, "must be a list"),
+    ],
+)
 def test_bad_lora_configs_fail_before_sampling(loaded, configs, message) -> None:
     model = loaded(LORA_A)
     calls = []

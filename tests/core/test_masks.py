@@ -44,7 +44,9 @@ WORKED_EXAMPLES = [
 def test_worked_examples(real_configs, seconds, variant, cap, samples, L, eff, valid, padded):
     cfg = real_configs[variant]
     ae = cfg.autoencoder
-    size = W.adapt_sample_size(seconds, 6.0, cfg.sample_rate, ae.downsampling_ratio, ae.latent_align, cap or cfg.sample_size)
+    size = W.adapt_sample_size(
+        seconds, 6.0, cfg.sample_rate, ae.downsampling_ratio, ae.latent_align, cap or cfg.sample_size
+    )
     assert size == samples
     assert W.latent_length(size, ae.downsampling_ratio) == L
     assert W.effective_length(seconds, cfg.sample_rate, ae.downsampling_ratio) == eff
@@ -118,9 +120,9 @@ def test_inpaint_mask_batch_shared_and_per_item():
 
 
 def test_inpaint_mask_is_zero_beyond_each_duration():
-    size, L = 40 * DS, 40
+    size = 40 * DS
     mask = I.inpaint_mask_samples(2, size, SR, [1.0, 2.0], regions=[])
-    assert mask[0, : SR].all() and not mask[0, SR:].any()
+    assert mask[0, :SR].all() and not mask[0, SR:].any()
     assert mask[1, : 2 * SR].all() and not mask[1, 2 * SR :].any()
 
 
@@ -259,7 +261,10 @@ def test_trim_per_item():
     assert torch.equal(items[1], audio[1, :, : 2 * SR])
     padded, lengths = O.trim_padded(audio, durs, SR)
     assert padded.shape == (3, 2, 3 * SR) and lengths.tolist() == [3 * SR, 2 * SR, int(1.5 * SR)]
-    assert torch.equal(padded[2, :, : lengths[2]], audio[2, :, : lengths[2]]) and padded[2, :, lengths[2] :].abs().sum() == 0
+    assert (
+        torch.equal(padded[2, :, : lengths[2]], audio[2, :, : lengths[2]])
+        and padded[2, :, lengths[2] :].abs().sum() == 0
+    )
     same, _ = O.trim_padded(audio, [2.5] * 3, SR)
     assert torch.equal(same, audio[:, :, : int(2.5 * SR)])  # equal durations: the official truncation
     with pytest.raises(ValueError, match="durations for a batch"):

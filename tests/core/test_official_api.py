@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from official_assets import sine_wave, torchaudio_load, write_lora
 from safetensors.torch import load_file
 
-from official_assets import sine_wave, torchaudio_load, write_lora
-from sa3_core import AutoencoderModel, StableAudioModel
-from sa3_core import pipeline
+from sa3_core import AutoencoderModel, StableAudioModel, pipeline
 from sa3_core.wav import write_wav
 from tests.helpers import relative_l2
 
@@ -105,9 +104,17 @@ def test_top_level_exports_are_the_official_ones_and_lazy() -> None:
     import sa3_core
 
     assert sorted(sa3_core.__all__) == ["AutoencoderModel", "StableAudioModel"]
-    code = "import sys, sa3_core; assert 'torch' not in sys.modules; from sa3_core import StableAudioModel, AutoencoderModel"
-    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
-                            text=True, timeout=120)
+    code = (
+        "import sys, sa3_core; assert 'torch' not in sys.modules; "
+        "from sa3_core import StableAudioModel, AutoencoderModel"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     with pytest.raises(AttributeError):
         sa3_core.AutoEncoder  # noqa: B018
@@ -139,11 +146,13 @@ def test_from_pretrained_takes_the_official_arguments_and_model_half(monkeypatch
         raise Captured
 
     monkeypatch.setattr(pipeline, "load_components", fake_load_components)
-    for args, kwargs, dtype in [(("medium", "cuda"), {}, torch.float16),
-                                (("medium", "cuda", False), {}, torch.float32),
-                                (("medium", "cuda", False), {"dtype": torch.bfloat16}, torch.bfloat16),  # dtype wins
-                                (("medium", "cpu", True), {}, torch.float32),  # half is off without CUDA
-                                (("medium",), {"model_half": False, "device": "mps"}, torch.float32)]:
+    for args, kwargs, dtype in [
+        (("medium", "cuda"), {}, torch.float16),
+        (("medium", "cuda", False), {}, torch.float32),
+        (("medium", "cuda", False), {"dtype": torch.bfloat16}, torch.bfloat16),  # dtype wins
+        (("medium", "cpu", True), {}, torch.float32),  # half is off without CUDA
+        (("medium",), {"model_half": False, "device": "mps"}, torch.float32),
+    ]:
         with pytest.raises(Captured):
             StableAudioModel.from_pretrained(*args, **kwargs)
         assert seen["dtype"] == dtype, (args, kwargs)
@@ -158,8 +167,9 @@ def test_from_pretrained_takes_the_official_arguments_and_model_half(monkeypatch
 def test_text_to_audio_base(sa3_base_model) -> None:
     model = sa3_base_model
     sr = model.model_config["sample_rate"]
-    audio = model.generate(prompt="trap drums, hip hop beat, 120bpm", duration=DURATION_SEC, steps=STEPS_BASE,
-                           cfg_scale=7.0, seed=1234)
+    audio = model.generate(
+        prompt="trap drums, hip hop beat, 120bpm", duration=DURATION_SEC, steps=STEPS_BASE, cfg_scale=7.0, seed=1234
+    )
     assert_audio_valid(audio, DURATION_SEC, sr)
     assert model.default_sampler == "euler"  # as officially for rectified flow (the next test checks the numbers)
 
@@ -175,22 +185,34 @@ def test_base_model_by_name_reproduces_the_official_output(named, fixtures_dir: 
 def test_text_to_audio(sa3_model) -> None:
     model = sa3_model
     sr = model.model_config["sample_rate"]
-    audio = model.generate(prompt="trap drums, hip hop beat, 120bpm", negative_prompt="low-quality",
-                           duration=DURATION_SEC, steps=STEPS, seed=1234)
+    audio = model.generate(
+        prompt="trap drums, hip hop beat, 120bpm",
+        negative_prompt="low-quality",
+        duration=DURATION_SEC,
+        steps=STEPS,
+        seed=1234,
+    )
     assert_audio_valid(audio, DURATION_SEC, sr)
     # At the default cfg_scale 1 the negative prompt has no effect, officially too.
-    assert torch.equal(audio, model.generate(prompt="trap drums, hip hop beat, 120bpm", duration=DURATION_SEC,
-                                             steps=STEPS, seed=1234))
+    assert torch.equal(
+        audio, model.generate(prompt="trap drums, hip hop beat, 120bpm", duration=DURATION_SEC, steps=STEPS, seed=1234)
+    )
 
 
 def test_inpainting(sa3_model) -> None:
     model = sa3_model
     sr = model.model_config["sample_rate"]
-    base_audio = sine_wave(s(10.0), sr, channels=model.model_config.get("io_channels", 2), device=str(model.device),
-                           half=model.model_half)
-    audio = model.generate(prompt="big trumpet solo, jazz big band, 90bpm", duration=s(10.0), steps=STEPS,
-                           inpaint_audio=(sr, base_audio), inpaint_mask_start_seconds=s(2.0),
-                           inpaint_mask_end_seconds=s(7.0))
+    base_audio = sine_wave(
+        s(10.0), sr, channels=model.model_config.get("io_channels", 2), device=str(model.device), half=model.model_half
+    )
+    audio = model.generate(
+        prompt="big trumpet solo, jazz big band, 90bpm",
+        duration=s(10.0),
+        steps=STEPS,
+        inpaint_audio=(sr, base_audio),
+        inpaint_mask_start_seconds=s(2.0),
+        inpaint_mask_end_seconds=s(7.0),
+    )
     assert_audio_valid(audio, s(10.0), sr)
 
 
@@ -198,22 +220,35 @@ def test_inpainting_multiple_regions(sa3_model) -> None:
     model = sa3_model
     sr = model.model_config["sample_rate"]
     base_audio = sine_wave(s(20.0), sr, device=str(model.device), half=model.model_half)
-    kwargs = dict(prompt="jazz piano trio, upbeat swing, 120bpm", duration=s(20.0), steps=STEPS, seed=3,
-                  inpaint_audio=(sr, base_audio))
-    audio = model.generate(**kwargs, inpaint_mask_start_seconds=s([2.0, 12.0]), inpaint_mask_end_seconds=s([11.0, 19.0]))
+    kwargs = dict(
+        prompt="jazz piano trio, upbeat swing, 120bpm",
+        duration=s(20.0),
+        steps=STEPS,
+        seed=3,
+        inpaint_audio=(sr, base_audio),
+    )
+    audio = model.generate(
+        **kwargs, inpaint_mask_start_seconds=s([2.0, 12.0]), inpaint_mask_end_seconds=s([11.0, 19.0])
+    )
     assert_audio_valid(audio, s(20.0), sr)
     # The second region matters: one region alone is a different request.
-    assert not torch.equal(audio, model.generate(**kwargs, inpaint_mask_start_seconds=s(2.0),
-                                                 inpaint_mask_end_seconds=s(11.0)))
+    assert not torch.equal(
+        audio, model.generate(**kwargs, inpaint_mask_start_seconds=s(2.0), inpaint_mask_end_seconds=s(11.0))
+    )
 
 
 def test_continuation(sa3_model) -> None:
     model = sa3_model
     sr = model.model_config["sample_rate"]
     base_audio = sine_wave(s(5.0), sr, device=str(model.device), half=model.model_half)
-    audio = model.generate(prompt="thunderstorm with heavy rain", duration=s(15.0), steps=STEPS,
-                           inpaint_audio=(sr, base_audio), inpaint_mask_start_seconds=s(5.0),
-                           inpaint_mask_end_seconds=s(15.0))
+    audio = model.generate(
+        prompt="thunderstorm with heavy rain",
+        duration=s(15.0),
+        steps=STEPS,
+        inpaint_audio=(sr, base_audio),
+        inpaint_mask_start_seconds=s(5.0),
+        inpaint_mask_end_seconds=s(15.0),
+    )
     assert_audio_valid(audio, s(15.0), sr)
 
 
@@ -237,8 +272,14 @@ def test_init_audio_float32_into_half_model(half_model) -> None:
     sr = model.model_config["sample_rate"]
     init = sine_wave(HALF_SECONDS, sr, device=str(model.device), half=False)
     assert init.dtype == torch.float32
-    audio = model.generate(prompt="funky bass groove", duration=HALF_SECONDS, steps=HALF_STEPS,
-                           init_audio=(sr, init), init_noise_level=0.8, seed=2)
+    audio = model.generate(
+        prompt="funky bass groove",
+        duration=HALF_SECONDS,
+        steps=HALF_STEPS,
+        init_audio=(sr, init),
+        init_noise_level=0.8,
+        seed=2,
+    )
     assert_audio_valid(audio, HALF_SECONDS, sr)
     assert audio.dtype == torch.float32
 
@@ -247,8 +288,14 @@ def test_inpaint_audio_float32_into_half_model(half_model) -> None:
     model = half_model
     sr = model.model_config["sample_rate"]
     base_audio = sine_wave(HALF_SECONDS, sr, device=str(model.device), half=False)
-    audio = model.generate(prompt="big trumpet solo, jazz big band, 90bpm", duration=HALF_SECONDS, steps=HALF_STEPS,
-                           inpaint_audio=(sr, base_audio), inpaint_mask_start_seconds=0.1, inpaint_mask_end_seconds=0.35)
+    audio = model.generate(
+        prompt="big trumpet solo, jazz big band, 90bpm",
+        duration=HALF_SECONDS,
+        steps=HALF_STEPS,
+        inpaint_audio=(sr, base_audio),
+        inpaint_mask_start_seconds=0.1,
+        inpaint_mask_end_seconds=0.35,
+    )
     assert_audio_valid(audio, HALF_SECONDS, sr)
 
 
@@ -261,12 +308,19 @@ def test_batch_inference(sa3_model) -> None:
     same = model.generate(prompt=prompts, negative_prompt=neg_prompts, duration=DURATION_SEC, steps=STEPS, batch_size=3)
     assert same.shape[0] == 3
     for i in range(3):
-        assert_audio_valid(same[i:i + 1], DURATION_SEC, sr)
+        assert_audio_valid(same[i : i + 1], DURATION_SEC, sr)
     diffs = [(same[i] - same[j]).abs().mean().item() for i, j in itertools.combinations(range(3), 2)]
     assert sum(diffs) / len(diffs) > 0.01
 
-    kwargs = dict(prompt=prompts, negative_prompt=neg_prompts, duration=durations, steps=STEPS,
-                  duration_padding_sec=6, batch_size=3, seed=11)
+    kwargs = dict(
+        prompt=prompts,
+        negative_prompt=neg_prompts,
+        duration=durations,
+        steps=STEPS,
+        duration_padding_sec=6,
+        batch_size=3,
+        seed=11,
+    )
     # Deliberate difference: different durations come back as one trimmed tensor per item; the official
     # untrimmed window is truncate_output_to_duration=False.
     untrimmed = model.generate(**kwargs, truncate_output_to_duration=False)
@@ -275,10 +329,17 @@ def test_batch_inference(sa3_model) -> None:
     items = model.generate(**kwargs)
     assert [tuple(item.shape) for item in items] == [(2, int(d * sr)) for d in durations]
     for item, full in zip(items, untrimmed):
-        assert torch.equal(item, full[:, :item.shape[-1]])
+        assert torch.equal(item, full[:, : item.shape[-1]])
 
-    shared_negative = model.generate(prompt=prompts, negative_prompt="low quality, noise", duration=durations,
-                                     steps=STEPS, duration_padding_sec=6, batch_size=3, truncate_output_to_duration=False)
+    shared_negative = model.generate(
+        prompt=prompts,
+        negative_prompt="low quality, noise",
+        duration=durations,
+        steps=STEPS,
+        duration_padding_sec=6,
+        batch_size=3,
+        truncate_output_to_duration=False,
+    )
     assert shared_negative.shape == (3, 2, window)
 
 
@@ -320,12 +381,15 @@ def test_encode_decode(autoencoder) -> None:
     # The same clip as a batch, in a list, and preprocessed by hand: the same latents.
     assert torch.equal(ae.encode(audio[None], ae.sample_rate), latents)
     assert torch.equal(ae.encode([audio], [ae.sample_rate]), latents)
-    assert torch.equal(ae.autoencoder.encode(ae.autoencoder.preprocess_audio_for_encoder(audio, ae.sample_rate)), latents)
+    assert torch.equal(
+        ae.autoencoder.encode(ae.autoencoder.preprocess_audio_for_encoder(audio, ae.sample_rate)), latents
+    )
 
 
 @pytest.mark.parametrize("name,model", [("same-s", "tiny-small"), ("same-l", "tiny-medium")])
-def test_encode_decode_reproduce_the_official_autoencoder(name: str, model: str, hub_cache: Path,
-                                                          fixtures_dir: Path) -> None:
+def test_encode_decode_reproduce_the_official_autoencoder(
+    name: str, model: str, hub_cache: Path, fixtures_dir: Path
+) -> None:
     """The golden SAME outputs of the official code (components fixture), chunked and not, through the names."""
     from huggingface_hub import constants
 
@@ -336,9 +400,15 @@ def test_encode_decode_reproduce_the_official_autoencoder(name: str, model: str,
     chunking = json.loads((fixtures_dir / "components" / f"{model}.json").read_text())["same_chunking"]
     chunk = dict(chunk_size=chunking["chunk_size_latents"], overlap=chunking["overlap_latents"])
     assert relative_l2(ae.encode(golden["same.waveform"][0], 44100), golden["same.latents"]) <= TOLERANCE
-    assert relative_l2(ae.encode(golden["same.waveform"], 44100, chunked=True, **chunk), golden["same.latents_chunked"]) <= TOLERANCE
+    assert (
+        relative_l2(ae.encode(golden["same.waveform"], 44100, chunked=True, **chunk), golden["same.latents_chunked"])
+        <= TOLERANCE
+    )
     assert relative_l2(ae.decode(golden["same.latents"]), golden["same.decoded"]) <= TOLERANCE
-    assert relative_l2(ae.decode(golden["same.latents"], chunked=True, **chunk), golden["same.decoded_chunked"]) <= TOLERANCE
+    assert (
+        relative_l2(ae.decode(golden["same.latents"], chunked=True, **chunk), golden["same.decoded_chunked"])
+        <= TOLERANCE
+    )
 
 
 def test_preprocess_for_encoder(autoencoder) -> None:
@@ -352,9 +422,9 @@ def test_preprocess_for_encoder(autoencoder) -> None:
     import torchaudio.functional as AF
 
     resampled = AF.resample(audio, input_sr, ae.sample_rate)
-    assert torch.equal(batch[0, :, :resampled.shape[-1]], resampled)
+    assert torch.equal(batch[0, :, : resampled.shape[-1]], resampled)
     assert batch.shape[2] - resampled.shape[-1] < ae.autoencoder.downsampling_ratio
-    assert not batch[0, :, resampled.shape[-1]:].any()  # zero padding
+    assert not batch[0, :, resampled.shape[-1] :].any()  # zero padding
     mono = ae.autoencoder.preprocess_audio_for_encoder(audio[0], in_sr=input_sr)  # (T,): duplicated to stereo
     assert torch.equal(mono[0, 0], mono[0, 1]) and torch.equal(mono[0, 0], batch[0, 0])
 
@@ -367,8 +437,8 @@ def test_preprocess_list_for_encoder(autoencoder) -> None:
     batch = ae.autoencoder.preprocess_audio_list_for_encoder([clip_a, clip_b], in_sr_list=ae.sample_rate)
     assert batch.ndim == 3 and batch.shape[:2] == (2, channels)
     assert batch.shape[2] % ae.autoencoder.downsampling_ratio == 0
-    assert torch.equal(batch[0, :, :clip_a.shape[-1]], clip_a) and not batch[0, :, clip_a.shape[-1]:].any()
-    assert torch.equal(batch[1, :, :clip_b.shape[-1]], clip_b)
+    assert torch.equal(batch[0, :, : clip_a.shape[-1]], clip_a) and not batch[0, :, clip_a.shape[-1] :].any()
+    assert torch.equal(batch[1, :, : clip_b.shape[-1]], clip_b)
     with pytest.raises(ValueError, match="2 sample rates for 1 clips"):
         ae.autoencoder.preprocess_audio_list_for_encoder([clip_a], in_sr_list=[44100, 22050])
 
@@ -435,15 +505,22 @@ def audio_file(tmp_path: Path):
 
 def test_readme_text_to_audio(official_cache: Path) -> None:
     model = StableAudioModel.from_pretrained("medium")  # device: cuda -> mps -> cpu
-    audio = model.generate(prompt="House music that encapsulates the feeling of being at a festival in the sunny "
-                                  "weather with all your friends 124 BPM", duration=s(250), steps=FAST)
+    audio = model.generate(
+        prompt="House music that encapsulates the feeling of being at a festival in the sunny "
+        "weather with all your friends 124 BPM",
+        duration=s(250),
+        steps=FAST,
+    )
     assert_audio_valid(audio, s(250), model.sample_rate)
 
 
 def test_docs_text_to_audio_with_the_documented_defaults(named) -> None:
     model = named("medium")
-    kwargs = dict(prompt="An anthemic Pop Rock instrumental that fills your head with nostalgic thoughtfulness",
-                  negative_prompt="poor quality", duration=s(30))
+    kwargs = dict(
+        prompt="An anthemic Pop Rock instrumental that fills your head with nostalgic thoughtfulness",
+        negative_prompt="poor quality",
+        duration=s(30),
+    )
     audio = model.generate(**kwargs, steps=8, cfg_scale=1, seed=123, batch_size=1)
     assert_audio_valid(audio, s(30), model.sample_rate)
     assert torch.equal(audio, model.generate(**kwargs, seed=123))  # "# default" is true of every one
@@ -463,8 +540,14 @@ def test_readme_audio_to_audio(named, audio_file) -> None:
 def test_readme_and_docs_inpainting(named, audio_file, starts, ends) -> None:
     model = named("medium")
     inpaint_audio = torchaudio_load(audio_file(s(30)))
-    audio = model.generate(inpaint_audio=inpaint_audio, inpaint_mask_start_seconds=s(starts),
-                           inpaint_mask_end_seconds=s(ends), prompt="punchy kick drum fill", duration=s(30), steps=FAST)
+    audio = model.generate(
+        inpaint_audio=inpaint_audio,
+        inpaint_mask_start_seconds=s(starts),
+        inpaint_mask_end_seconds=s(ends),
+        prompt="punchy kick drum fill",
+        duration=s(30),
+        steps=FAST,
+    )
     assert_audio_valid(audio, s(30), model.sample_rate)
 
 
@@ -473,9 +556,14 @@ def test_docs_continuation(named, audio_file) -> None:
     scaled run asks for the 18 s it continues to)."""
     model = named("medium")
     inpaint_audio = torchaudio_load(audio_file(s(10)))
-    audio = model.generate(inpaint_audio=inpaint_audio, inpaint_mask_start_seconds=s(10.0),
-                           inpaint_mask_end_seconds=s(18.0), duration=s(18), steps=FAST,
-                           prompt="A dream-like Synthpop instrumental that would accompany a dream-sequence in a surrealist movie")
+    audio = model.generate(
+        inpaint_audio=inpaint_audio,
+        inpaint_mask_start_seconds=s(10.0),
+        inpaint_mask_end_seconds=s(18.0),
+        duration=s(18),
+        steps=FAST,
+        prompt="A dream-like Synthpop instrumental that would accompany a dream-sequence in a surrealist movie",
+    )
     assert_audio_valid(audio, s(18), model.sample_rate)
 
 
@@ -483,9 +571,16 @@ def test_docs_per_batch_customization(named, audio_file) -> None:
     model = named("medium")
     inpaint_audio = torchaudio_load(audio_file(s(30), "audio1.wav"))
     durations = [30, 25, 20, 20]
-    audio = model.generate(inpaint_audio=inpaint_audio, inpaint_mask_start_seconds=s(3), inpaint_mask_end_seconds=s(10),
-                           prompt=["prompt1", "prompt2", "prompt3", "prompt4"], duration=s(durations), steps=FAST,
-                           cfg_scale=1, batch_size=4)
+    audio = model.generate(
+        inpaint_audio=inpaint_audio,
+        inpaint_mask_start_seconds=s(3),
+        inpaint_mask_end_seconds=s(10),
+        prompt=["prompt1", "prompt2", "prompt3", "prompt4"],
+        duration=s(durations),
+        steps=FAST,
+        cfg_scale=1,
+        batch_size=4,
+    )
     assert [tuple(a.shape) for a in audio] == [(2, int(s(d) * model.sample_rate)) for d in durations]
 
 
@@ -502,7 +597,10 @@ def test_docs_lora_inference_and_strength(named, tmp_path: Path) -> None:
     model = named("medium", device="cpu")
     parts = {"model.": model.dit, "conditioners.": model.conditioners}
     lora = write_lora(tmp_path / "lora.safetensors", parts, seed=1)
-    style_a, style_b = write_lora(tmp_path / "style_a.safetensors", parts, seed=2), write_lora(tmp_path / "style_b.safetensors", parts, seed=3)
+    style_a, style_b = (
+        write_lora(tmp_path / "style_a.safetensors", parts, seed=2),
+        write_lora(tmp_path / "style_b.safetensors", parts, seed=3),
+    )
     kwargs = dict(prompt="Lo-fi boom bap meets orchestral strings 84 BPM", duration=s(10), seed=6, steps=1)
     base = model.generate(**kwargs)
     model.load_lora([str(lora)])
@@ -551,7 +649,9 @@ def test_docs_autoencoder_workflows(official_cache: Path, audio_file, tmp_path: 
     assert audio_out.shape == (1, 2, frames * 4096)
     write_wav(tmp_path / "reconstructed.wav", audio_out[0].cpu().clamp(-1, 1), ae.sample_rate)
 
-    chunked = ae.encode(waveform, sr, chunked=True, chunk_size=16, overlap=4)  # 128/32 in the docs; 16/4 fit this 2 s clip
+    chunked = ae.encode(
+        waveform, sr, chunked=True, chunk_size=16, overlap=4
+    )  # 128/32 in the docs; 16/4 fit this 2 s clip
     assert relative_l2(chunked, latents) <= 1e-5
     assert relative_l2(ae.decode(chunked, chunked=True, chunk_size=16, overlap=4), ae.decode(chunked)) <= 1e-5
 

@@ -13,14 +13,14 @@ import os
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from unittest.mock import MagicMock, patch
 
 import pytest
+import tomllib
 import torch
-
 from official_assets import sine_wave, write_lora
+
 from sa3_core import StableAudioModel
 from sa3_core.__main__ import main
 from sa3_core.wav import read_wav, write_wav
@@ -69,8 +69,9 @@ def _with_model(model: MagicMock):
 # -- model loading ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model_name", ["medium", "small-music", "small-sfx", "medium-base", "small-music-base",
-                                        "small-sfx-base"])
+@pytest.mark.parametrize(
+    "model_name", ["medium", "small-music", "small-sfx", "medium-base", "small-music-base", "small-sfx-base"]
+)
 def test_model_selection(mock_model, model_name):
     _run(["--model", model_name, "-p", "test"])
     mock_model.loader.assert_called_once()
@@ -229,34 +230,89 @@ def test_inpaint_single_region(mock_model):
 
 
 def test_inpaint_multiple_regions(mock_model):
-    _run(["-p", "fill", "--inpaint-audio", FAKE_AUDIO_PATH, "--inpaint-start", "1.0", "--inpaint-start", "8.0",
-          "--inpaint-end", "4.0", "--inpaint-end", "12.0"])
+    _run(
+        [
+            "-p",
+            "fill",
+            "--inpaint-audio",
+            FAKE_AUDIO_PATH,
+            "--inpaint-start",
+            "1.0",
+            "--inpaint-start",
+            "8.0",
+            "--inpaint-end",
+            "4.0",
+            "--inpaint-end",
+            "12.0",
+        ]
+    )
     kwargs = mock_model.generate.call_args.kwargs
     assert kwargs["inpaint_mask_start_seconds"] == [1.0, 8.0] and kwargs["inpaint_mask_end_seconds"] == [4.0, 12.0]
 
 
 def test_inpaint_continuation(mock_model):
-    _run(["-p", "continue", "--inpaint-audio", FAKE_AUDIO_PATH, "--inpaint-start", "5.0", "--inpaint-end", "15.0",
-          "--duration", "15"])
+    _run(
+        [
+            "-p",
+            "continue",
+            "--inpaint-audio",
+            FAKE_AUDIO_PATH,
+            "--inpaint-start",
+            "5.0",
+            "--inpaint-end",
+            "15.0",
+            "--duration",
+            "15",
+        ]
+    )
     kwargs = mock_model.generate.call_args.kwargs
-    assert (kwargs["inpaint_mask_start_seconds"], kwargs["inpaint_mask_end_seconds"], kwargs["duration"]) == (5.0, 15.0, 15.0)
+    assert (kwargs["inpaint_mask_start_seconds"], kwargs["inpaint_mask_end_seconds"], kwargs["duration"]) == (
+        5.0,
+        15.0,
+        15.0,
+    )
 
 
 def test_our_region_flag_adds_regions(mock_model):
-    _run(["-p", "fill", "--inpaint-audio", FAKE_AUDIO_PATH, "--inpaint-start", "1", "--inpaint-end", "2",
-          "--region", "3:4"])
+    _run(
+        [
+            "-p",
+            "fill",
+            "--inpaint-audio",
+            FAKE_AUDIO_PATH,
+            "--inpaint-start",
+            "1",
+            "--inpaint-end",
+            "2",
+            "--region",
+            "3:4",
+        ]
+    )
     kwargs = mock_model.generate.call_args.kwargs
     assert kwargs["inpaint_mask_start_seconds"] == [1.0, 3.0] and kwargs["inpaint_mask_end_seconds"] == [2.0, 4.0]
 
 
-@pytest.mark.parametrize("argv", [
-    ["-p", "test", "--inpaint-start", "2.0", "--inpaint-end", "5.0"],  # region without audio
-    ["-p", "test", "--inpaint-audio", FAKE_AUDIO_PATH],  # audio without region
-    ["-p", "test", "--inpaint-audio", FAKE_AUDIO_PATH, "--inpaint-start", "2.0"],  # start without end
-    ["-p", "test", "--inpaint-audio", FAKE_AUDIO_PATH, "--inpaint-start", "1.0", "--inpaint-start", "5.0",
-     "--inpaint-end", "3.0"],  # mismatched counts
-    ["-p", "test", "--chunked-decode", "--no-chunked-decode"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-p", "test", "--inpaint-start", "2.0", "--inpaint-end", "5.0"],  # region without audio
+        ["-p", "test", "--inpaint-audio", FAKE_AUDIO_PATH],  # audio without region
+        ["-p", "test", "--inpaint-audio", FAKE_AUDIO_PATH, "--inpaint-start", "2.0"],  # start without end
+        [
+            "-p",
+            "test",
+            "--inpaint-audio",
+            FAKE_AUDIO_PATH,
+            "--inpaint-start",
+            "1.0",
+            "--inpaint-start",
+            "5.0",
+            "--inpaint-end",
+            "3.0",
+        ],  # mismatched counts
+        ["-p", "test", "--chunked-decode", "--no-chunked-decode"],
+    ],
+)
 def test_usage_errors_exit(argv):
     with pytest.raises(SystemExit):
         main(argv)
@@ -287,8 +343,20 @@ def test_lora_strength(mock_model):
 
 
 def test_lora_strength_with_index(mock_model):
-    _run(["-p", "test", "--lora-ckpt-path", "a.safetensors", "--lora-ckpt-path", "b.safetensors",
-          "--lora-strength", "0.3", "--lora-index", "1"])
+    _run(
+        [
+            "-p",
+            "test",
+            "--lora-ckpt-path",
+            "a.safetensors",
+            "--lora-ckpt-path",
+            "b.safetensors",
+            "--lora-strength",
+            "0.3",
+            "--lora-index",
+            "1",
+        ]
+    )
     mock_model.set_lora_strength.assert_called_once_with(0.3, lora_index=1)
 
 
@@ -310,11 +378,22 @@ def test_no_lora_no_load(mock_model):
 def test_console_script_and_help() -> None:
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"sa3": "sa3_core.__main__:main"}  # not `stable-audio`: both packages can be installed
-    result = subprocess.run([sys.executable, "-m", "sa3_core", "--help"], cwd=REPO, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "sa3_core", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0
-    for flag in ("--model", "--no-half", "--negative-prompt", "--init-noise-level", "--inpaint-start",
-                 "--chunked-decode", "--lora-ckpt-path", "--lora-strength", "--lora-index", "--output"):
+    for flag in (
+        "--model",
+        "--no-half",
+        "--negative-prompt",
+        "--init-noise-level",
+        "--inpaint-start",
+        "--chunked-decode",
+        "--lora-ckpt-path",
+        "--lora-strength",
+        "--lora-index",
+        "--output",
+    ):
         assert flag in result.stdout
 
 
@@ -324,18 +403,50 @@ def test_console_script_and_help() -> None:
 
 README_EXAMPLES = [
     # (example as the README writes it, what the official CLI passes to from_pretrained and generate)
-    ('stable-audio --model small-music -p "lo-fi hip hop beat, 90 BPM" --duration 30 -o beat.wav',
-     "small-music", dict(prompt="lo-fi hip hop beat, 90 BPM", duration=30.0), ["beat.wav"]),
-    ('stable-audio -p "bossa nova bassline" --init-audio input.wav --init-noise-level 0.8 -o out.wav',
-     "medium", dict(prompt="bossa nova bassline", duration=120.0, init_audio="input.wav", init_noise_level=0.8), ["out.wav"]),
-    ('stable-audio -p "punchy kick drum fill" --inpaint-audio input.wav --inpaint-start 4 --inpaint-end 8 -o out.wav',
-     "medium", dict(prompt="punchy kick drum fill", duration=120.0, inpaint_audio="input.wav",
-                    inpaint_mask_start_seconds=4.0, inpaint_mask_end_seconds=8.0), ["out.wav"]),
-    ('stable-audio -p "dreamy synth outro" --inpaint-audio input.wav --inpaint-start 10 --inpaint-end 30 --duration 30 -o out.wav',
-     "medium", dict(prompt="dreamy synth outro", duration=30.0, inpaint_audio="input.wav",
-                    inpaint_mask_start_seconds=10.0, inpaint_mask_end_seconds=30.0), ["out.wav"]),
-    ('stable-audio -p "orchestral strings" --lora-ckpt-path my_lora.safetensors --lora-strength 0.8 -o out.wav',
-     "medium", dict(prompt="orchestral strings", duration=120.0, lora=("my_lora.safetensors", 0.8)), ["out.wav"]),
+    (
+        'stable-audio --model small-music -p "lo-fi hip hop beat, 90 BPM" --duration 30 -o beat.wav',
+        "small-music",
+        dict(prompt="lo-fi hip hop beat, 90 BPM", duration=30.0),
+        ["beat.wav"],
+    ),
+    (
+        'stable-audio -p "bossa nova bassline" --init-audio input.wav --init-noise-level 0.8 -o out.wav',
+        "medium",
+        dict(prompt="bossa nova bassline", duration=120.0, init_audio="input.wav", init_noise_level=0.8),
+        ["out.wav"],
+    ),
+    (
+        'stable-audio -p "punchy kick drum fill" --inpaint-audio input.wav --inpaint-start 4 --inpaint-end 8 '
+        "-o out.wav",
+        "medium",
+        dict(
+            prompt="punchy kick drum fill",
+            duration=120.0,
+            inpaint_audio="input.wav",
+            inpaint_mask_start_seconds=4.0,
+            inpaint_mask_end_seconds=8.0,
+        ),
+        ["out.wav"],
+    ),
+    (
+        'stable-audio -p "dreamy synth outro" --inpaint-audio input.wav --inpaint-start 10 --inpaint-end 30 '
+        "--duration 30 -o out.wav",
+        "medium",
+        dict(
+            prompt="dreamy synth outro",
+            duration=30.0,
+            inpaint_audio="input.wav",
+            inpaint_mask_start_seconds=10.0,
+            inpaint_mask_end_seconds=30.0,
+        ),
+        ["out.wav"],
+    ),
+    (
+        'stable-audio -p "orchestral strings" --lora-ckpt-path my_lora.safetensors --lora-strength 0.8 -o out.wav',
+        "medium",
+        dict(prompt="orchestral strings", duration=120.0, lora=("my_lora.safetensors", 0.8)),
+        ["out.wav"],
+    ),
 ]
 SECONDS_FLAGS = ("--duration", "--inpaint-start", "--inpaint-end")
 SCALE = 20
@@ -370,7 +481,9 @@ def real_io(mock_write):
         yield
 
 
-@pytest.mark.parametrize("example,name,meaning,outputs", README_EXAMPLES, ids=[e[1] + str(i) for i, e in enumerate(README_EXAMPLES)])
+@pytest.mark.parametrize(
+    "example,name,meaning,outputs", README_EXAMPLES, ids=[e[1] + str(i) for i, e in enumerate(README_EXAMPLES)]
+)
 def test_readme_cli_example(example, name, meaning, outputs, workdir: Path, official_cache: Path, real_io) -> None:
     assert main(scaled(example)) == 0
     model = StableAudioModel.from_pretrained(name, device="cpu")
@@ -394,8 +507,9 @@ def test_example_in_a_fresh_process_with_hf_hub_cache(hub_cache: Path, tmp_path:
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HOME", "SA3_MODELS_DIR")}
     env.update(HF_HUB_CACHE=str(hub_cache), PYTHONPATH=str(REPO))
     argv = scaled('stable-audio --model small-music -p "lo-fi hip hop beat, 90 BPM" --duration 30 -o beat.wav')
-    result = subprocess.run([sys.executable, "-m", "sa3_core", *argv], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "sa3_core", *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert "Saved: beat.wav" in result.stdout
     assert read_wav(tmp_path / "beat.wav")[1].shape == (2, int(30 / SCALE * SAMPLE_RATE))

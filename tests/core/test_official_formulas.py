@@ -34,7 +34,9 @@ STRICT_SMALL = FIXTURES_DIR / "strict" / "tiny-small"
 def strict_dit(dtype: torch.dtype = torch.float32) -> DiffusionTransformer:
     cfg = ModelConfig.from_json(STRICT_SMALL / "model_config.json")
     prefix = "model.model."
-    state = {k[len(prefix):]: v for k, v in load_file(STRICT_SMALL / "model.safetensors").items() if k.startswith(prefix)}
+    state = {
+        k[len(prefix) :]: v for k, v in load_file(STRICT_SMALL / "model.safetensors").items() if k.startswith(prefix)
+    }
     dit = DiffusionTransformer(cfg.dit, attention_backend="sdpa")
     dit.load_state_dict(state, strict=True)
     return dit.to(dtype).eval()
@@ -69,10 +71,12 @@ def official_timestep_embed(dit: DiffusionTransformer, features: torch.Tensor) -
 def dit_inputs(dit: DiffusionTransformer, batch: int = 2, latents: int = 10):
     g = torch.Generator().manual_seed(0)
     cfg = dit.config
-    return (torch.randn(batch, cfg.io_channels, latents, generator=g),
-            torch.randn(batch, 257, cfg.cond_token_dim, generator=g),
-            torch.randn(batch, cfg.global_cond_dim, generator=g),
-            torch.randn(batch, cfg.local_add_cond_dim, latents, generator=g))
+    return (
+        torch.randn(batch, cfg.io_channels, latents, generator=g),
+        torch.randn(batch, 257, cfg.cond_token_dim, generator=g),
+        torch.randn(batch, cfg.global_cond_dim, generator=g),
+        torch.randn(batch, cfg.local_add_cond_dim, latents, generator=g),
+    )
 
 
 def traced_forward(dit: DiffusionTransformer, t: torch.Tensor, dtype: torch.dtype):
@@ -104,8 +108,9 @@ def test_dit_timestep_path_is_the_official_one() -> None:
     torch.testing.assert_close(embed.double(), official_timestep_embed(dit, features), atol=1e-4, rtol=1e-4)
     with torch.no_grad():
         global_embed = dit.to_global_embed(glob)
-    torch.testing.assert_close(adaln.double(), global_embed.double() + official_timestep_embed(dit, features),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        adaln.double(), global_embed.double() + official_timestep_embed(dit, features), atol=1e-4, rtol=1e-4
+    )
     # and t reaches the velocity: the strict DiT's output moves by O(1) between t = 0.1 and 0.9
     x, cross, glob, local = dit_inputs(dit)
     with torch.no_grad():
@@ -161,8 +166,9 @@ def official_apg_project(v0: torch.Tensor, v1: torch.Tensor, padding_mask: torch
     return parallel, orthogonal
 
 
-def official_guide(x, t, v_cond, v_uncond, cfg_scale, apg_scale, padding_mask=None, cfg_norm_threshold=0.0,
-                   scale_phi=0.0) -> torch.Tensor:
+def official_guide(
+    x, t, v_cond, v_uncond, cfg_scale, apg_scale, padding_mask=None, cfg_norm_threshold=0.0, scale_phi=0.0
+) -> torch.Tensor:
     """The CFG block of the official ``DiffusionTransformer.forward`` (rectified flow), in float64."""
     x, sigma = x.double(), t.double()[:, None, None]
     cond_denoised = x - v_cond.double() * sigma
@@ -177,7 +183,10 @@ def official_guide(x, t, v_cond, v_uncond, cfg_scale, apg_scale, padding_mask=No
         guidance = orthogonal if apg_scale == 1 else apg_scale * orthogonal + (1 - apg_scale) * diff
     out = (x - (cond_denoised + (cfg_scale - 1) * guidance)) / sigma
     if scale_phi:
-        out = scale_phi * out * (v_cond.double().std(dim=1, keepdim=True) / out.std(dim=1, keepdim=True)) + (1 - scale_phi) * out
+        out = (
+            scale_phi * out * (v_cond.double().std(dim=1, keepdim=True) / out.std(dim=1, keepdim=True))
+            + (1 - scale_phi) * out
+        )
     return out
 
 
@@ -213,8 +222,9 @@ def test_apg_project_is_the_official_one(masked: bool) -> None:
 
 @pytest.mark.parametrize("apg_scale", [1.0, 0.5, 0.0], ids=["apg", "blend", "cfg"])
 @pytest.mark.parametrize("masked", [False, True], ids=["no-mask", "padding-mask"])
-@pytest.mark.parametrize("extra", [{}, {"cfg_norm_threshold": 2.0}, {"scale_phi": 0.7}],
-                         ids=["plain", "norm-threshold", "rescale"])
+@pytest.mark.parametrize(
+    "extra", [{}, {"cfg_norm_threshold": 2.0}, {"scale_phi": 0.7}], ids=["plain", "norm-threshold", "rescale"]
+)
 def test_guide_is_the_official_cfg_block(apg_scale: float, masked: bool, extra: dict) -> None:
     x, t, v_cond, v_uncond, padding_mask = guidance_inputs()
     mask = padding_mask if masked else None

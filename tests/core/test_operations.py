@@ -28,12 +28,16 @@ from sa3_core.checkpoint import (
 )
 from sa3_core.config import ModelConfig
 from sa3_core.pipeline import StableAudioModel
-from tests.newer_comfy_ops import EAGER, LAZY, disable_weight_init
 from tests.golden import TOLERANCE, case_names, run_case
 from tests.helpers import FIXTURES_DIR, STRICT_DIR
+from tests.newer_comfy_ops import EAGER, LAZY, disable_weight_init
 
-OPERATIONS = {"torch.nn": torch.nn, "comfy eager": EAGER, "comfy lazy": disable_weight_init,
-              "comfy lazy manual_cast": LAZY}
+OPERATIONS = {
+    "torch.nn": torch.nn,
+    "comfy eager": EAGER,
+    "comfy lazy": disable_weight_init,
+    "comfy lazy manual_cast": LAZY,
+}
 PARTS = {DIT_PREFIX: "dit", AUTOENCODER_PREFIX: "autoencoder", CONDITIONER_PREFIX: "conditioners"}
 
 
@@ -71,8 +75,13 @@ def test_weights_are_never_held_twice(fixtures_dir: Path, monkeypatch, name: str
     read: list[torch.Tensor] = []
     original = SafetensorsFile.read
     monkeypatch.setattr(SafetensorsFile, "read", lambda self, key: read.append(original(self, key)) or read[-1])
-    loaded = load_components(fixtures_dir / "tiny-small", device="cpu", dtype=torch.float32,
-                             operations=OPERATIONS[name], load_text_encoder=False)
+    loaded = load_components(
+        fixtures_dir / "tiny-small",
+        device="cpu",
+        dtype=torch.float32,
+        operations=OPERATIONS[name],
+        load_text_encoder=False,
+    )
     held = [t for part in PARTS.values() for t in getattr(loaded, part).state_dict().values()]
     assert len(held) == len(read)
     storages = {t.untyped_storage().data_ptr() for t in read if t.numel()}  # empty tensors hold no memory
@@ -99,8 +108,13 @@ def test_missing_unexpected_and_wrong_shape_are_refused_the_same(fixtures_dir: P
     save_file(tensors, str(path))
 
     def load(operations):
-        return lambda: load_components(path, config=fixtures_dir / "tiny-small" / "model_config.json",
-                                       device="cpu", dtype=torch.float32, operations=operations)
+        return lambda: load_components(
+            path,
+            config=fixtures_dir / "tiny-small" / "model_config.json",
+            device="cpu",
+            dtype=torch.float32,
+            operations=operations,
+        )
 
     message = _message(load(ops))
     assert message == _message(load(torch.nn))
@@ -115,16 +129,18 @@ def test_wrong_variant_and_autoencoder_refusals_are_the_same(fixtures_dir: Path,
     small_config = fixtures_dir / "tiny-small" / "model_config.json"
 
     def variant(operations):
-        return lambda: load_components(medium_weights, config=small_config, device="cpu", dtype=torch.float32,
-                                       operations=operations)
+        return lambda: load_components(
+            medium_weights, config=small_config, device="cpu", dtype=torch.float32, operations=operations
+        )
 
     message = _message(variant(ops))
     assert message == _message(variant(torch.nn)) and "look like a medium model" in message
     small_same = ModelConfig.from_json(small_config).autoencoder
 
     def autoencoder(operations):
-        return lambda: load_autoencoder(medium_weights, config=small_same, device="cpu", dtype=torch.float32,
-                                        operations=operations)
+        return lambda: load_autoencoder(
+            medium_weights, config=small_same, device="cpu", dtype=torch.float32, operations=operations
+        )
 
     message = _message(autoencoder(ops))
     assert message == _message(autoencoder(torch.nn)) and "a SAME autoencoder" in message
@@ -156,11 +172,16 @@ def test_load_module_weights_needs_the_reference_for_lazy_layers():
     with pytest.raises(CheckpointError, match=r"0 missing, 3 unexpected"):  # the old behaviour: nothing expected
         load_module_weights(_Net(LAZY), tensors, "net.safetensors")
     module = load_module_weights(_Net(LAZY), tensors, "net.safetensors", reference=_Net(torch.nn, device="meta"))
-    assert torch.equal(module.first.bias, tensors["first.bias"]) and torch.equal(module.second.weight,
-                                                                                   tensors["second.weight"])
+    assert torch.equal(module.first.bias, tensors["first.bias"]) and torch.equal(
+        module.second.weight, tensors["second.weight"]
+    )
     with pytest.raises(CheckpointError, match=r"second.weight \[2, 4\] \(expected \[2, 3\]\)"):
-        load_module_weights(_Net(LAZY), {**tensors, "second.weight": torch.randn(2, 4)}, "net.safetensors",
-                            reference=_Net(torch.nn, device="meta"))
+        load_module_weights(
+            _Net(LAZY),
+            {**tensors, "second.weight": torch.randn(2, 4)},
+            "net.safetensors",
+            reference=_Net(torch.nn, device="meta"),
+        )
 
 
 class _ExtraParameterLinear(torch.nn.Linear):
@@ -179,13 +200,20 @@ class _TransposingLinear(LAZY.Linear):
         self.weight = torch.nn.Parameter(self.weight.detach().t(), requires_grad=False)
 
 
-@pytest.mark.parametrize("linear, message", [(_ExtraParameterLinear, "refused the checkpoint's tensors"),
-                                             (_TransposingLinear, "did not end up holding")])
+@pytest.mark.parametrize(
+    "linear, message",
+    [(_ExtraParameterLinear, "refused the checkpoint's tensors"), (_TransposingLinear, "did not end up holding")],
+)
 def test_operations_that_do_not_take_the_tensors_are_reported(linear, message: str):
     operations = type("Operations", (), {"Linear": linear})
     with pytest.raises(CheckpointError, match=message):
-        load_module_weights(_Net(operations, device="meta"), _net_tensors(), "net.safetensors",
-                            reference=_Net(torch.nn, device="meta"), device="cpu")
+        load_module_weights(
+            _Net(operations, device="meta"),
+            _net_tensors(),
+            "net.safetensors",
+            reference=_Net(torch.nn, device="meta"),
+            device="cpu",
+        )
 
 
 # -- the golden cases through lazily built layers -----------------------------------------------------

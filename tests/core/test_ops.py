@@ -57,7 +57,8 @@ def uncastable_tensors(module: nn.Module) -> dict[str, str]:
             if children_params and tensor in dict(sub.named_parameters(recurse=False)):
                 found[where] = f"{type(sub).__name__} is not a leaf (children hold {children_params[0]})"
             elif not hasattr(sub, "comfy_cast_weights") and tensor not in OUTSIDE_CASTING_MODULES.get(
-                    type(sub).__name__, ()):
+                type(sub).__name__, ()
+            ):
                 found[where] = f"{type(sub).__name__} does not cast its weights"
     return found
 
@@ -69,10 +70,13 @@ def test_every_tensor_of_a_loaded_model_can_stay_offloaded(fixtures_dir: Path, o
     leave behind uncast. The T5Gemma encoder comes from transformers; store_weights makes its Linear,
     Embedding and norm layers casting ones."""
     ops_namespace = {"sa3_core.ops": ops.OPS, "comfy eager": EAGER}[operations]
-    loaded = load_components(fixtures_dir / "tiny-small", device="cpu", dtype=torch.float32,
-                             operations=ops_namespace)
-    parts = {"conditioners": loaded.conditioners, "text_encoder": loaded.text_encoder.model,
-             "dit": loaded.dit, "autoencoder": loaded.autoencoder}
+    loaded = load_components(fixtures_dir / "tiny-small", device="cpu", dtype=torch.float32, operations=ops_namespace)
+    parts = {
+        "conditioners": loaded.conditioners,
+        "text_encoder": loaded.text_encoder.model,
+        "dit": loaded.dit,
+        "autoencoder": loaded.autoencoder,
+    }
     for part, module in parts.items():
         assert uncastable_tensors(module) == {}, part
     norms = [m for m in loaded.text_encoder.model.modules() if type(m).__name__ == "T5GemmaRMSNorm"]
@@ -193,8 +197,10 @@ def test_float8_file_loads_bit_exact_and_upcasts(fixtures_dir: Path, tmp_path: P
     folder = tmp_path / "tiny-small-fp8"
     shutil.copytree(fixtures_dir / "tiny-small", folder, symlinks=True)
     tensors = load_file(str(folder / "model.safetensors"))
-    stored = {k: v.to(E4M3) if k.startswith(DIT_PREFIX) and k.endswith(".weight") and v.dim() >= 2 else v
-              for k, v in tensors.items()}
+    stored = {
+        k: v.to(E4M3) if k.startswith(DIT_PREFIX) and k.endswith(".weight") and v.dim() >= 2 else v
+        for k, v in tensors.items()
+    }
     (folder / "model.safetensors").unlink()
     save_file(stored, str(folder / "model.safetensors"))
     key = "transformer.layers.1.ff.ff.2.weight"
@@ -208,8 +214,9 @@ def test_float8_file_loads_bit_exact_and_upcasts(fixtures_dir: Path, tmp_path: P
 
 
 def test_lora_on_float8_weights_is_refused(fixtures_dir: Path):
-    model = StableAudioModel.from_pretrained(fixtures_dir / "tiny-small", device="cpu", dtype=torch.float32,
-                                             weight_dtype=E4M3)
+    model = StableAudioModel.from_pretrained(
+        fixtures_dir / "tiny-small", device="cpu", dtype=torch.float32, weight_dtype=E4M3
+    )
     lora = sorted((fixtures_dir / "loras").glob("*.safetensors"))[0]
     with pytest.raises(LoRAError, match="float8"):
         model.load_lora(lora)

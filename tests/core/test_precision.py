@@ -64,12 +64,15 @@ def rates(fp32: float, bf16: float, calls: list):
     return rate
 
 
-@pytest.mark.parametrize("fp32,bf16,expected", [
-    (380, 1400, BF16),  # an AMX-BF16 Xeon (issue 15's measurement)
-    (204, 121, F32),  # an AVX512-BF16 Xeon without AMX: native bf16, but slower than fp32
-    (100, 149, F32),  # faster, but under the 1.5x the rule asks
-    (100, 150, BF16),
-])
+@pytest.mark.parametrize(
+    "fp32,bf16,expected",
+    [
+        (380, 1400, BF16),  # an AMX-BF16 Xeon (issue 15's measurement)
+        (204, 121, F32),  # an AVX512-BF16 Xeon without AMX: native bf16, but slower than fp32
+        (100, 149, F32),  # faster, but under the 1.5x the rule asks
+        (100, 150, BF16),
+    ],
+)
 def test_probe_rule(fp32, bf16, expected):
     calls = []
     dtype, why = choose_cpu_dtype(True, rates(fp32, bf16, calls))
@@ -142,8 +145,13 @@ def test_from_pretrained_applies_the_policy_for_the_target_device(monkeypatch, f
     assert (seen["dtype"], seen["autoencoder_dtype"], seen["weight_dtype"]) == (F16, F16, None)
 
     with pytest.raises(Captured):
-        StableAudioModel.from_pretrained(fixtures_dir / "tiny-small", device="cpu", dtype=BF16,
-                                         autoencoder_dtype=F32, weight_dtype=torch.float8_e4m3fn)
+        StableAudioModel.from_pretrained(
+            fixtures_dir / "tiny-small",
+            device="cpu",
+            dtype=BF16,
+            autoencoder_dtype=F32,
+            weight_dtype=torch.float8_e4m3fn,
+        )
     assert (seen["dtype"], seen["autoencoder_dtype"], seen["weight_dtype"]) == (BF16, F32, torch.float8_e4m3fn)
 
 

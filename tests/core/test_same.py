@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -19,13 +19,13 @@ PREFIX = "pretransform.model."
 TOLERANCE = 1e-4  # relative L2, the team-wide parity bound
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tiny_same(folder: str) -> SAMEAutoencoder:
     """A tiny fixture model's autoencoder, loaded strictly from its ``pretransform.model.*`` tensors."""
     cfg = ModelConfig.from_json(Path(folder) / "model_config.json").autoencoder
     model = SAMEAutoencoder(cfg, device=torch.device("cpu"), dtype=torch.float32).eval().requires_grad_(False)
     tensors = load_file(str(Path(folder) / "model.safetensors"))
-    state = {key[len(PREFIX):]: value for key, value in tensors.items() if key.startswith(PREFIX)}
+    state = {key[len(PREFIX) :]: value for key, value in tensors.items() if key.startswith(PREFIX)}
     model.load_state_dict(state, strict=True)
     return model
 
@@ -66,7 +66,10 @@ def test_decode_matches_official(tiny, components):
 
 def test_chunked_encode_and_decode_match_official(tiny, components):
     meta, ref = components
-    sizes = {"chunk_size": meta["same_chunking"]["chunk_size_latents"], "overlap": meta["same_chunking"]["overlap_latents"]}
+    sizes = {
+        "chunk_size": meta["same_chunking"]["chunk_size_latents"],
+        "overlap": meta["same_chunking"]["overlap_latents"],
+    }
     latents = tiny.encode_audio(ref["same.waveform"], chunked=True, **sizes)
     assert latents.shape == ref["same.latents_chunked"].shape
     assert relative_l2(latents, ref["same.latents_chunked"]) <= TOLERANCE
@@ -90,7 +93,7 @@ def test_real_size_layout_matches_checkpoint(fixtures_dir, config_name, shapes_n
     cfg = ModelConfig.from_json(real / config_name).autoencoder
     model = SAMEAutoencoder(cfg, device=torch.device("meta"))
     expected = {
-        key[len(PREFIX):]: shape
+        key[len(PREFIX) :]: shape
         for key, shape in json.loads((real / shapes_name).read_text()).items()
         if key.startswith(PREFIX)
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
@@ -260,7 +261,9 @@ def test_shared_1d_schedule_equals_expanded(sampler):
 def test_callback_arguments():
     x, sched = _x(), _schedule()
     calls = []
-    S.sample(toy_model, x, sched, sampler="euler", callback=lambda i, n, xi, d: calls.append((i, n, xi.clone(), d.clone())))
+    S.sample(
+        toy_model, x, sched, sampler="euler", callback=lambda i, n, xi, d: calls.append((i, n, xi.clone(), d.clone()))
+    )
     assert [(i, n) for i, n, _, _ in calls] == [(i, 5) for i in range(5)]
     _, _, x0, d0 = calls[0]
     assert torch.equal(x0, x)
@@ -346,7 +349,9 @@ def _xt() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _item(cond: S.DiTConditioning, b: int) -> S.DiTConditioning:
-    pick = lambda v: None if v is None else v[b : b + 1]
+    def pick(v):
+        return None if v is None else v[b : b + 1]
+
     return S.DiTConditioning(*(pick(getattr(cond, f)) for f in cond.__dataclass_fields__))
 
 
@@ -358,7 +363,10 @@ def test_cfg_1_is_one_plain_forward_per_step():
     assert all(c["cross"] is cond.cross_attn_cond and c["padding_mask"] is cond.padding_mask for c in dit.calls)
     x, t = _xt()
     dit.calls.clear()
-    assert torch.equal(S.GuidedModel(dit, cond)(x, t), MockDiT()(x, t, cond.cross_attn_cond, cond.global_cond, cond.local_add_cond, cond.padding_mask))
+    assert torch.equal(
+        S.GuidedModel(dit, cond)(x, t),
+        MockDiT()(x, t, cond.cross_attn_cond, cond.global_cond, cond.local_add_cond, cond.padding_mask),
+    )
 
 
 def test_cfg_is_one_batched_forward_per_step():
@@ -369,7 +377,10 @@ def test_cfg_is_one_batched_forward_per_step():
     call = dit.calls[0]
     assert torch.equal(call["x"][:B], call["x"][B:]) and torch.equal(call["t"][:B], call["t"][B:])
     assert torch.equal(call["cross"][:B], cond.cross_attn_cond)
-    assert torch.equal(call["cross"][B:], S.unconditional_context(cond.cross_attn_cond, cond.negative_cross_attn_cond, cond.negative_cross_attn_mask))
+    assert torch.equal(
+        call["cross"][B:],
+        S.unconditional_context(cond.cross_attn_cond, cond.negative_cross_attn_cond, cond.negative_cross_attn_mask),
+    )
     assert torch.equal(call["glob"], torch.cat([cond.global_cond] * 2))  # negative global cond unused
     assert torch.equal(call["local"], torch.cat([cond.local_add_cond] * 2))
     assert torch.equal(call["padding_mask"], torch.cat([cond.padding_mask] * 2))
@@ -471,7 +482,13 @@ def test_rescale_phi_1_matches_conditional_channel_std():
 
 def test_guide_keeps_low_precision_dtype():
     x, t = _xt()
-    out = S.guide(x.bfloat16(), t.bfloat16(), torch.randn(B, C, L).bfloat16(), torch.randn(B, C, L).bfloat16(), S.GuidanceOptions(cfg_scale=3.0))
+    out = S.guide(
+        x.bfloat16(),
+        t.bfloat16(),
+        torch.randn(B, C, L).bfloat16(),
+        torch.randn(B, C, L).bfloat16(),
+        S.GuidanceOptions(cfg_scale=3.0),
+    )
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
 
 

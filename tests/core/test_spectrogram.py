@@ -63,10 +63,13 @@ def test_time_ticks_use_a_round_step_within_the_clip() -> None:
     assert [label for _, label in long][:3] == ["0", "15", "30"]
 
 
-@pytest.mark.parametrize("scale, labels", [
-    ("mel", ["50", "100", "200", "500", "1k", "2k", "5k", "10k", "20k"]),
-    ("linear", ["0", "5k", "10k", "15k", "20k"]),
-])
+@pytest.mark.parametrize(
+    "scale, labels",
+    [
+        ("mel", ["50", "100", "200", "500", "1k", "2k", "5k", "10k", "20k"]),
+        ("linear", ["0", "5k", "10k", "15k", "20k"]),
+    ],
+)
 def test_frequency_ticks_rise_from_the_bottom(scale: str, labels: list[str]) -> None:
     spec = spectrogram(tone(1000)[None, None], SR, scale=scale)
     ticks = spec.frequency_ticks()
@@ -90,10 +93,13 @@ def test_colours_put_high_frequencies_on_top_and_span_the_map() -> None:
     torch.testing.assert_close(picture[0, -1, 5], black)  # no energy near 0 Hz: the floor colour
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(scale="bark"), "scale must be one of mel, linear"),
-    (dict(dynamic_range_db=0), "dynamic_range_db must be > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(scale="bark"), "scale must be one of mel, linear"),
+        (dict(dynamic_range_db=0), "dynamic_range_db must be > 0"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         spectrogram(torch.zeros(1, 1, 100), SR, **kwargs)

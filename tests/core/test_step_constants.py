@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from sa3_core.config import ModelConfig
 from sa3_core.dit import DiffusionTransformer
-from sa3_core.layers import apply_rotary, rotary_tables, RotaryEmbedding
+from sa3_core.layers import RotaryEmbedding, apply_rotary, rotary_tables
 from sa3_core.sampling import DiTConditioning, GuidanceOptions, GuidedModel, build_schedule, sample
 
 DIT_PREFIX = "model.model."
@@ -20,7 +20,7 @@ DIT_PREFIX = "model.model."
 def _tiny_dit(fixtures_dir: Path, name: str) -> DiffusionTransformer:
     cfg = ModelConfig.from_json(fixtures_dir / name / "model_config.json")
     tensors = load_file(fixtures_dir / name / "model.safetensors")
-    state = {k[len(DIT_PREFIX):]: v for k, v in tensors.items() if k.startswith(DIT_PREFIX)}
+    state = {k[len(DIT_PREFIX) :]: v for k, v in tensors.items() if k.startswith(DIT_PREFIX)}
     model = DiffusionTransformer(cfg.dit, attention_backend="sdpa")
     model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False)
@@ -29,7 +29,7 @@ def _tiny_dit(fixtures_dir: Path, name: str) -> DiffusionTransformer:
 def _inputs(batch: int = 2, latents: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     padding = torch.ones(batch, latents, dtype=torch.bool)
-    padding[0, latents - 3:] = False
+    padding[0, latents - 3 :] = False
     return dict(
         x=torch.randn(batch, 256, latents, generator=g),
         cross=torch.randn(batch, 257, 768, generator=g),
@@ -62,8 +62,10 @@ def test_passed_constants_give_identical_output_and_are_computed_once(fixtures_d
         expected = [model(c["x"], t, c["cross"], c["glob"], c["local"], padding_mask=c["padding"]) for t in times]
         counter = _CallCounter(model)
         constants = model.step_constants(c["cross"], c["glob"], c["local"], c["x"].shape[-1])
-        got = [model(c["x"], t, c["cross"], c["glob"], c["local"], padding_mask=c["padding"], constants=constants)
-               for t in times]
+        got = [
+            model(c["x"], t, c["cross"], c["glob"], c["local"], padding_mask=c["padding"], constants=constants)
+            for t in times
+        ]
     for e, g in zip(expected, got):
         assert torch.equal(e, g)
     assert counter.counts == {"to_kv": 1, "local": 1, "q": 3}  # constants once, queries every step
@@ -100,8 +102,13 @@ def test_guided_sampling_computes_constants_once_per_variant_and_is_bit_identica
             return model(x, t, cross, glob, local, padding_mask=padding_mask)  # drops the constants
 
         recomputing.step_constants = model.step_constants
-        expected = sample(GuidedModel(recomputing, cond, options), noise, schedule, sampler="pingpong",
-                          generator=torch.Generator().manual_seed(5))
+        expected = sample(
+            GuidedModel(recomputing, cond, options),
+            noise,
+            schedule,
+            sampler="pingpong",
+            generator=torch.Generator().manual_seed(5),
+        )
     assert counter.counts["to_kv"] == 2 + 2 + 6  # the reference recomputed them every step
     assert torch.equal(got, expected)
 

@@ -14,8 +14,8 @@ import re
 
 import pytest
 
-from tests.helpers import FIXTURES_DIR
 from tests.golden import TOLERANCE, ModelCache, case_names, run_case
+from tests.helpers import FIXTURES_DIR
 
 STRICT_DIR = FIXTURES_DIR / "strict"
 CASES = case_names(STRICT_DIR)

@@ -15,8 +15,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sa3_core.checkpoint import CheckpointError, load_text_encoder
-from sa3_core.config import ModelConfig
 from sa3_core.conditioners import Conditioners, PromptConditioner, SecondsConditioner
+from sa3_core.config import ModelConfig
 from sa3_core.sampling import negative_token_mask
 from sa3_core.t5gemma import T5GemmaTextEncoder, TextEncoderError, comfy_key_to_transformers, transformers_key_to_comfy
 from tests.helpers import relative_l2
@@ -34,7 +34,7 @@ def _conditioners(folder: Path) -> Conditioners:
     cfg = ModelConfig.from_json(folder / "model_config.json")
     conditioners = Conditioners(cfg.conditioning, device="cpu", dtype=torch.float32)
     tensors = load_file(str(folder / "model.safetensors"))
-    conditioners.load_state_dict({k[len(PREFIX):]: v for k, v in tensors.items() if k.startswith(PREFIX)}, strict=True)
+    conditioners.load_state_dict({k[len(PREFIX) :]: v for k, v in tensors.items() if k.startswith(PREFIX)}, strict=True)
     return conditioners.eval()
 
 
@@ -66,12 +66,16 @@ def test_conditioner_keys_are_checkpoint_keys(fixtures_dir: Path, variant: str):
     cfg = ModelConfig.from_json(folder / "model_config.json")
     ours = {k: tuple(v.shape) for k, v in Conditioners(cfg.conditioning, device="meta").state_dict().items()}
     file = load_file(str(folder / "model.safetensors"))
-    theirs = {k[len(PREFIX):]: tuple(v.shape) for k, v in file.items() if k.startswith(PREFIX)}
-    assert ours == theirs == {
-        "prompt.padding_embedding": (768,),
-        "seconds_total.embedder.embedding.1.weight": (768, 256),
-        "seconds_total.embedder.embedding.1.bias": (768,),
-    }
+    theirs = {k[len(PREFIX) :]: tuple(v.shape) for k, v in file.items() if k.startswith(PREFIX)}
+    assert (
+        ours
+        == theirs
+        == {
+            "prompt.padding_embedding": (768,),
+            "seconds_total.embedder.embedding.1.weight": (768, 256),
+            "seconds_total.embedder.embedding.1.bias": (768,),
+        }
+    )
 
 
 # -- conditioner behaviour ---------------------------------------------------------------------------
@@ -137,8 +141,9 @@ class _CountingModel(torch.nn.Module):
 
 
 def test_encoding_is_cached_per_prompt(fixtures_dir: Path):
-    encoder = T5GemmaTextEncoder.from_folder(fixtures_dir / "tiny-small" / "t5gemma-b-b-ul2", device="cpu",
-                                             dtype=torch.float32, cache_size=3)
+    encoder = T5GemmaTextEncoder.from_folder(
+        fixtures_dir / "tiny-small" / "t5gemma-b-b-ul2", device="cpu", dtype=torch.float32, cache_size=3
+    )
     encoder.model = _CountingModel(encoder.model)
     first, first_mask = encoder.encode(["piano drums", "", "piano drums"])
     assert encoder.model.rows == [2]  # duplicates in one batch are encoded once
@@ -159,8 +164,9 @@ def test_encoding_is_cached_per_prompt(fixtures_dir: Path):
 
 
 def test_tokenization_is_the_official_one(fixtures_dir: Path):
-    encoder = T5GemmaTextEncoder.from_folder(fixtures_dir / "tiny-small" / "t5gemma-b-b-ul2", device="cpu",
-                                             dtype=torch.float32)
+    encoder = T5GemmaTextEncoder.from_folder(
+        fixtures_dir / "tiny-small" / "t5gemma-b-b-ul2", device="cpu", dtype=torch.float32
+    )
     ids, mask = encoder.tokenize(["piano drums", " ".join(["bass"] * 300)])
     assert ids.shape == mask.shape == (2, 256) and mask.dtype == torch.bool
     assert ids[0, :2].tolist() == [4, 5] and mask[0].sum() == 2 and (ids[0, 2:] == 0).all()
@@ -175,8 +181,9 @@ def test_folder_loading_never_touches_the_network(fixtures_dir: Path, monkeypatc
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    encoder = T5GemmaTextEncoder.from_folder(fixtures_dir / "tiny-medium" / "t5gemma-b-b-ul2", device="cpu",
-                                             dtype=torch.float32)
+    encoder = T5GemmaTextEncoder.from_folder(
+        fixtures_dir / "tiny-medium" / "t5gemma-b-b-ul2", device="cpu", dtype=torch.float32
+    )
     hidden, mask = encoder.encode(["rain thunder"])
     assert hidden.shape == (1, 256, 768) and mask.sum() == 2
 
@@ -187,7 +194,9 @@ def test_missing_folder_is_a_clear_error(tmp_path: Path):
 
 
 def test_comfy_key_mapping():
-    assert comfy_key_to_transformers("model.encoder.layers.3.mlp.up_proj.weight") == "encoder.layers.3.mlp.up_proj.weight"
+    assert (
+        comfy_key_to_transformers("model.encoder.layers.3.mlp.up_proj.weight") == "encoder.layers.3.mlp.up_proj.weight"
+    )
     assert comfy_key_to_transformers("spiece_model") is None
     assert comfy_key_to_transformers("model.decoder.norm.weight") is None
     assert transformers_key_to_comfy("encoder.norm.weight") == "model.encoder.norm.weight"
@@ -225,7 +234,9 @@ def test_wrong_shape_encoder_weights_are_refused(fixtures_dir: Path, tmp_path: P
         load_text_encoder(folder, device="cpu", dtype=torch.float32)
     assert str(error.value).startswith(str(folder))
     # ... and transformers' own report still refuses it (transformers 4.x names the tensor without shapes).
-    with pytest.raises(TextEncoderError, match=r"1 with a different shape: encoder.layers.0.mlp.up_proj.weight") as error:
+    with pytest.raises(
+        TextEncoderError, match=r"1 with a different shape: encoder.layers.0.mlp.up_proj.weight"
+    ) as error:
         T5GemmaTextEncoder.from_folder(folder, device="cpu", dtype=torch.float32)
     assert str(folder) in str(error.value)
 
@@ -243,8 +254,9 @@ def test_attention_logits_are_soft_capped(fixtures_dir: Path, tmp_path: Path):
         for key in [k for k in tensors if k.endswith(("q_proj.weight", "k_proj.weight"))]:
             tensors[key] = torch.randn(tensors[key].shape, generator=generator) * 0.5
 
-    encoder = T5GemmaTextEncoder.from_folder(_text_encoder_copy(fixtures_dir, tmp_path, sharpen), device="cpu",
-                                             dtype=torch.float32, cache_size=0)
+    encoder = T5GemmaTextEncoder.from_folder(
+        _text_encoder_copy(fixtures_dir, tmp_path, sharpen), device="cpu", dtype=torch.float32, cache_size=0
+    )
     capped, _ = encoder.encode(["piano drums bass synth"])
     for layer in encoder.model.encoder.layers:
         layer.self_attn.attn_logit_softcapping = None
@@ -259,13 +271,25 @@ def test_folder_with_the_whole_encoder_decoder_model(fixtures_dir: Path, tmp_pat
 
     source = fixtures_dir / "tiny-small" / "t5gemma-b-b-ul2"
     encoder_config = json.loads((source / "config.json").read_text())["encoder"]
-    module = {key: encoder_config[key] for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                                                   "num_attention_heads", "num_key_value_heads", "head_dim",
-                                                   "query_pre_attn_scalar", "layer_types")}
-    whole = T5GemmaForConditionalGeneration(T5GemmaConfig(encoder=module, decoder={**module, "is_decoder": True},
-                                                          vocab_size=module["vocab_size"]))
+    module = {
+        key: encoder_config[key]
+        for key in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "query_pre_attn_scalar",
+            "layer_types",
+        )
+    }
+    whole = T5GemmaForConditionalGeneration(
+        T5GemmaConfig(encoder=module, decoder={**module, "is_decoder": True}, vocab_size=module["vocab_size"])
+    )
     encoder_tensors = load_file(str(source / "model.safetensors"))
-    whole.model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in encoder_tensors.items()}, strict=True)
+    whole.model.encoder.load_state_dict({k[len("encoder.") :]: v for k, v in encoder_tensors.items()}, strict=True)
     folder = tmp_path / "t5gemma-b-b-ul2"
     whole.save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json"):

@@ -47,7 +47,9 @@ def base_audio(model: StableAudioModel) -> torch.Tensor:
 
 def example_clip(seconds: float = 2.0, rate: int = 22050) -> tuple[int, torch.Tensor]:
     t = torch.arange(int(seconds * rate)) / rate
-    return rate, ((0.3 * torch.sin(2 * math.pi * 220 * t) + 0.2 * torch.sin(2 * math.pi * 330 * t)) * torch.exp(-0.4 * t))[None]
+    return rate, (
+        (0.3 * torch.sin(2 * math.pi * 220 * t) + 0.2 * torch.sin(2 * math.pi * 330 * t)) * torch.exp(-0.4 * t)
+    )[None]
 
 
 def assert_changes_audio(what: str, changed: torch.Tensor, reference: torch.Tensor) -> None:
@@ -62,7 +64,9 @@ def test_tiny_checkpoint_is_labelled(tiny_folder: Path) -> None:
     assert (tiny_folder / "TINY_RANDOM_WEIGHTS.txt").read_text().strip() == TINY_LABEL
     with safe_open(str(tiny_folder / "model.safetensors"), "pt") as f:
         assert f.metadata()["description"] == TINY_LABEL
-    assert json.loads((tiny_folder / "model_config.json").read_text())["model"]["diffusion"]["config"]["embed_dim"] == 128
+    assert (
+        json.loads((tiny_folder / "model_config.json").read_text())["model"]["diffusion"]["config"]["embed_dim"] == 128
+    )
 
 
 def test_tiny_checkpoint_is_deterministic_from_the_seed(tiny_folder: Path, tmp_path: Path) -> None:
@@ -73,8 +77,10 @@ def test_tiny_checkpoint_is_deterministic_from_the_seed(tiny_folder: Path, tmp_p
     assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
     encoder = "t5gemma-b-b-ul2/model.safetensors"
     assert load_file(tmp_path / "again" / encoder).keys() == load_file(tiny_folder / encoder).keys()
-    assert all(torch.equal(a, b) for a, b in zip(load_file(tmp_path / "again" / encoder).values(),
-                                                  load_file(tiny_folder / encoder).values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(load_file(tmp_path / "again" / encoder).values(), load_file(tiny_folder / encoder).values())
+    )
     other = load_file(write_tiny_checkpoint(tmp_path / "other", "small", seed=1) / "model.safetensors")
     key = "model.model.transformer.project_out.weight"
     assert not torch.equal(other[key], first[key])
@@ -100,8 +106,9 @@ def test_tiny_audio_follows_the_inpaint_region(model: StableAudioModel) -> None:
     assert_changes_audio("inpaint region 0.5-1.0 s -> 1.0-1.5 s", moved, first)
 
 
-def test_tiny_audio_follows_the_lora_strengths(model: StableAudioModel, base_audio: torch.Tensor,
-                                               fixtures_dir: Path) -> None:
+def test_tiny_audio_follows_the_lora_strengths(
+    model: StableAudioModel, base_audio: torch.Tensor, fixtures_dir: Path
+) -> None:
     # The e2e LoRAs (made for the first golden set's tiny-small, which has the same DiT and conditioner shapes):
     # they must load (the stack checks every tensor's shape) and each strength must matter.
     model.load_lora([fixtures_dir / "loras" / name for name in E2E_LORAS])
@@ -123,9 +130,11 @@ def test_tiny_dit_velocity_follows_the_timestep(model: StableAudioModel) -> None
     noise, _ = model.initial_noise(window, seed=0)
     cond = model.dit_conditioning(model.encode_prompts(["warm piano"], [2.0]), window)
     with torch.no_grad():
+
         def velocity(t: float) -> torch.Tensor:
-            return model.dit(noise, torch.tensor([t]), cond.cross_attn_cond, cond.global_cond, cond.local_add_cond,
-                             cond.padding_mask)
+            return model.dit(
+                noise, torch.tensor([t]), cond.cross_attn_cond, cond.global_cond, cond.local_add_cond, cond.padding_mask
+            )
 
         middle = velocity(0.5)
         for t in (0.1, 0.9, 500.0):

@@ -20,8 +20,9 @@ from sa3_core.tiny import write_tiny_checkpoint, write_tiny_single_files
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     base = tmp_path_factory.mktemp("tiny-single")
     folder = write_tiny_checkpoint(base / "tiny-small", "small", seed=3)
-    model, encoder = write_tiny_single_files(folder, base / "stable_audio_3_small_music.safetensors",
-                                             base / "t5gemma_b_b_ul2.safetensors")
+    model, encoder = write_tiny_single_files(
+        folder, base / "stable_audio_3_small_music.safetensors", base / "t5gemma_b_b_ul2.safetensors"
+    )
     return folder, model, encoder
 
 
@@ -42,8 +43,9 @@ def test_single_files_hold_the_folders_weights_and_config(tiny: tuple[Path, Path
     assert audio.shape == (1, 2, 44100) and audio.abs().max() > 0
 
 
-def test_without_the_metadata_a_tiny_file_is_matched_against_the_presets(tiny: tuple[Path, Path, Path],
-                                                                         tmp_path: Path) -> None:
+def test_without_the_metadata_a_tiny_file_is_matched_against_the_presets(
+    tiny: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
     _, model_file, _ = tiny
     bare = tmp_path / "stable_audio_3_bare.safetensors"
     save_file(load_file(str(model_file)), str(bare))  # same tensors, no metadata

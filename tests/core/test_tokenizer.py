@@ -18,6 +18,7 @@ import sentencepiece
 import transformers
 from packaging.version import Version
 
+from sa3_core.tiny import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, sentencepiece_model_bytes
 from sa3_core.tokenizer import (
     TokenizerError,
     bpe_merges,
@@ -25,7 +26,6 @@ from sa3_core.tokenizer import (
     tokenizer_from_folder,
     tokenizer_from_sentencepiece,
 )
-from sa3_core.tiny import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, sentencepiece_model_bytes
 
 TRANSFORMERS_5 = Version(transformers.__version__) >= Version("5")
 
@@ -33,8 +33,31 @@ TRANSFORMERS_5 = Version(transformers.__version__) >= Version("5")
 SPECIALS = [("<pad>", CONTROL), ("<eos>", CONTROL), ("<bos>", CONTROL), ("<unk>", UNKNOWN)]
 BYTES = [(f"<0x{b:02X}>", BYTE) for b in range(256)]
 # Characters, then merges in rank order: p+i, a+n, an+o, pi+ano, d+r, u+m, um+s, dr+ums, ▁+drums.
-WORDS = [(p, NORMAL) for p in ["▁", "a", "d", "i", "m", "n", "o", "p", "r", "s", "u",
-                                 "pi", "an", "ano", "piano", "dr", "um", "ums", "drums", "▁drums"]]
+WORDS = [
+    (p, NORMAL)
+    for p in [
+        "▁",
+        "a",
+        "d",
+        "i",
+        "m",
+        "n",
+        "o",
+        "p",
+        "r",
+        "s",
+        "u",
+        "pi",
+        "an",
+        "ano",
+        "piano",
+        "dr",
+        "um",
+        "ums",
+        "drums",
+        "▁drums",
+    ]
+]
 GEMMA_STYLE = SPECIALS + BYTES + WORDS
 
 # A real vocabulary: what sentencepiece 0.2.3 learned (BPE, 420 pieces, byte fallback, no dummy prefix,
@@ -62,14 +85,111 @@ PROMPTS = [
 ]
 # sentencepiece's ids for PROMPTS with LEARNED_BYTES (read once; asserted on every transformers version).
 EXPECTED_IDS = [
-    [406, 340, 261, 396, 392, 280, 404, 265, 414, 396, 263, 371, 399, 272, 265, 346, 391, 394, 314, 401, 386,
-     416, 395, 405, 288, 399],
+    [
+        406,
+        340,
+        261,
+        396,
+        392,
+        280,
+        404,
+        265,
+        414,
+        396,
+        263,
+        371,
+        399,
+        272,
+        265,
+        346,
+        391,
+        394,
+        314,
+        401,
+        386,
+        416,
+        395,
+        405,
+        288,
+        399,
+    ],
     [400, 342, 384, 387, 272, 370, 335, 401, 410, 405, 401, 362, 403, 305, 379, 270, 261, 383, 324],
-    [391, 274, 335, 407, 285, 391, 265, 408, 392, 403, 331, 413, 270, 261, 277, 273, 393, 401, 267, 265, 408,
-     392, 403, 394, 391],
-    [72, 392, 408, 393, 395, 305, 399, 413, 274, 393, 404, 393, 395, 399, 391, 54, 55, 53, 391, 71, 85, 82,
-     270, 391, 90, 89, 75, 417, 61, 63, 264, 392, 410, 200, 174, 391, 238, 164, 184, 235, 170, 194, 391, 245,
-     164, 147, 190],
+    [
+        391,
+        274,
+        335,
+        407,
+        285,
+        391,
+        265,
+        408,
+        392,
+        403,
+        331,
+        413,
+        270,
+        261,
+        277,
+        273,
+        393,
+        401,
+        267,
+        265,
+        408,
+        392,
+        403,
+        394,
+        391,
+    ],
+    [
+        72,
+        392,
+        408,
+        393,
+        395,
+        305,
+        399,
+        413,
+        274,
+        393,
+        404,
+        393,
+        395,
+        399,
+        391,
+        54,
+        55,
+        53,
+        391,
+        71,
+        85,
+        82,
+        270,
+        391,
+        90,
+        89,
+        75,
+        417,
+        61,
+        63,
+        264,
+        392,
+        410,
+        200,
+        174,
+        391,
+        238,
+        164,
+        184,
+        235,
+        170,
+        194,
+        391,
+        245,
+        164,
+        147,
+        190,
+    ],
     [401, 343, 359, 394, 15, 401, 343, 277, 406, 397, 14, 395, 392, 407, 407, 329],
     [4, 400, 349, 399, 303, 372, 409],
     [],
@@ -139,11 +259,16 @@ def test_sentencepiece_ids_are_sentencepiece_s():
     words, odd spacing, capitals, digits, punctuation and characters outside it (byte fallback)."""
     reference = sentencepiece.SentencePieceProcessor(model_proto=LEARNED_BYTES)
     assert [reference.encode(p) for p in PROMPTS] == EXPECTED_IDS
-    words = "warm analog synth pads slow evolving textures house groove soulful vocal chop heavy bass rain " \
-            "thunder piano guitar drums in a and with the at a room, Dark 808 kick- ümlaut 雨 ♪".split()
+    words = (
+        "warm analog synth pads slow evolving textures house groove soulful vocal chop heavy bass rain "
+        "thunder piano guitar drums in a and with the at a room, Dark 808 kick- ümlaut 雨 ♪".split()
+    )
     generator = random.Random(0)
-    texts = [generator.choice(["", " ", "  "]).join(generator.choices(words, k=generator.randint(1, 12)))
-             + generator.choice(["", " ", "\n"]) for _ in range(300)]
+    texts = [
+        generator.choice(["", " ", "  "]).join(generator.choices(words, k=generator.randint(1, 12)))
+        + generator.choice(["", " ", "\n"])
+        for _ in range(300)
+    ]
     assert _ids(texts) == [reference.encode(t) for t in texts]
 
 
@@ -168,15 +293,23 @@ def _write_folder(folder: Path, config: dict, *, with_json: bool = True) -> Path
         (folder / "tokenizer.model").write_bytes(LEARNED_BYTES)
         return folder
     pieces = [p for p, _ in LEARNED]
-    backend = Tokenizer(BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=bpe_merges(pieces), unk_token="<unk>",
-                            fuse_unk=True, byte_fallback=True))
+    backend = Tokenizer(
+        BPE(
+            vocab={p: i for i, p in enumerate(pieces)},
+            merges=bpe_merges(pieces),
+            unk_token="<unk>",
+            fuse_unk=True,
+            byte_fallback=True,
+        )
+    )
     backend.normalizer = normalizers.Replace(" ", "▁")
     backend.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous")
     backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     backend.add_special_tokens([AddedToken(p, normalized=False, special=True) for p, t in LEARNED if t == CONTROL])
     backend.add_tokens([AddedToken("<start_of_turn>", normalized=False)])
-    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B",
-                                                           special_tokens=[("<bos>", 2)])
+    backend.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", 2)]
+    )
     backend.save(str(folder / "tokenizer.json"))
     return folder
 
@@ -186,16 +319,36 @@ GEMMA_TOKENS = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"
 # AutoTokenizer gives the same). Every tokenizer.json here adds a BOS; 5.x ignores the config's add_*_token then.
 FOLDERS = {
     "gemma, silent": ({"tokenizer_class": "GemmaTokenizer", **GEMMA_TOKENS}, (True, False, "left"), True),
-    "gemma, bos": ({"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
-                    **GEMMA_TOKENS}, (True, False, "left"), True),
-    "gemma, no bos, right padding": ({"tokenizer_class": "GemmaTokenizer", "add_bos_token": False,
-                                      "add_eos_token": False, "padding_side": "right", **GEMMA_TOKENS},
-                                     (True, False, "right"), False),
-    "gemma, eos, AddedToken dicts": ({"tokenizer_class": "GemmaTokenizer", "add_eos_token": True,
-                                      **{k: {"content": v, "__type": "AddedToken"} for k, v in GEMMA_TOKENS.items()}},
-                                     (True, False, "left"), False),
-    "backend (a transformers 5 save)": ({"tokenizer_class": "TokenizersBackend", "backend": "tokenizers",
-                                         **GEMMA_TOKENS}, (True, False, "right"), False),
+    "gemma, bos": (
+        {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False, **GEMMA_TOKENS},
+        (True, False, "left"),
+        True,
+    ),
+    "gemma, no bos, right padding": (
+        {
+            "tokenizer_class": "GemmaTokenizer",
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "padding_side": "right",
+            **GEMMA_TOKENS,
+        },
+        (True, False, "right"),
+        False,
+    ),
+    "gemma, eos, AddedToken dicts": (
+        {
+            "tokenizer_class": "GemmaTokenizer",
+            "add_eos_token": True,
+            **{k: {"content": v, "__type": "AddedToken"} for k, v in GEMMA_TOKENS.items()},
+        },
+        (True, False, "left"),
+        False,
+    ),
+    "backend (a transformers 5 save)": (
+        {"tokenizer_class": "TokenizersBackend", "backend": "tokenizers", **GEMMA_TOKENS},
+        (True, False, "right"),
+        False,
+    ),
 }
 MAX_LENGTH = 24
 
@@ -246,8 +399,9 @@ def test_folder_tokenizer_is_autotokenizer_s(tmp_path: Path, name: str):
 
 
 def test_folder_with_only_a_sentencepiece_model(tmp_path: Path):
-    folder = _write_folder(tmp_path / "t5gemma", {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True},
-                           with_json=False)
+    folder = _write_folder(
+        tmp_path / "t5gemma", {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True}, with_json=False
+    )
     assert _encode(tokenizer_from_folder(folder)) == _expected_rows(True, False, "left")
 
 

@@ -173,19 +173,28 @@ class ComfyServer:
 
         self.port = free_port()
         command = [
-            sys.executable, "main.py",
+            sys.executable,
+            "main.py",
             *(("--cpu",) if self.cpu else ()),
-            "--listen", "127.0.0.1",
-            "--port", str(self.port),
-            "--base-directory", str(self.base_dir),
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(self.base_dir),
             "--disable-auto-launch",
-            "--database-url", "sqlite:///:memory:",
+            "--database-url",
+            "sqlite:///:memory:",
             *self.extra_args,
         ]
         started = time.monotonic()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                command, cwd=self.comfy_dir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                command,
+                cwd=self.comfy_dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         try:
@@ -207,7 +216,8 @@ class ComfyServer:
                 pass
             time.sleep(0.5)
         raise TimeoutError(
-            f"ComfyUI did not answer /system_stats within {self.startup_timeout_s} s:\n{self.log_tail()}")
+            f"ComfyUI did not answer /system_stats within {self.startup_timeout_s} s:\n{self.log_tail()}"
+        )
 
     def stop(self, timeout_s: float = 20.0) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -234,8 +244,11 @@ class ComfyServer:
 
     def import_failures(self) -> list[str]:
         """Custom-node folders that the loader reported as failed ("(IMPORT FAILED): <path>")."""
-        return [line.split("(IMPORT FAILED):", 1)[1].strip()
-                for line in self.log_text().splitlines() if "(IMPORT FAILED):" in line]
+        return [
+            line.split("(IMPORT FAILED):", 1)[1].strip()
+            for line in self.log_text().splitlines()
+            if "(IMPORT FAILED):" in line
+        ]
 
 
 def comparable_prompt(api_graph: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:
@@ -401,8 +414,12 @@ class ComfyClient:
 
     def view(self, file_ref: dict[str, str]) -> bytes:
         """Download an output file given a {filename, subfolder, type} reference from a node's UI output."""
-        return self.get("/view", filename=file_ref["filename"], subfolder=file_ref.get("subfolder", ""),
-                        type=file_ref.get("type", "output")).content
+        return self.get(
+            "/view",
+            filename=file_ref["filename"],
+            subfolder=file_ref.get("subfolder", ""),
+            type=file_ref.get("type", "output"),
+        ).content
 
     def workflow_templates(self) -> dict[str, list[str]]:
         """{custom node folder: [example workflow names]} as the template browser lists them."""
@@ -470,8 +487,9 @@ class EventStream:
         self._thread.join(timeout=10)
         self._loop.close()
 
-    def wait_for(self, kind: str, predicate: Callable[[dict[str, Any]], bool] = lambda data: True,
-                 timeout_s: float = 60.0) -> dict[str, Any]:
+    def wait_for(
+        self, kind: str, predicate: Callable[[dict[str, Any]], bool] = lambda data: True, timeout_s: float = 60.0
+    ) -> dict[str, Any]:
         """Block until a message of `kind` whose data satisfies `predicate` arrives; returns its data."""
         for message in self.received:
             if message["type"] == kind and predicate(message["data"]):

@@ -21,7 +21,6 @@ from comfy_host import ComfyClient, ComfyServer, prepare_comfy_tree
 from frontend import ComfyFrontend
 from sa3_assets import SA3_MODEL_NAME, SA3_SINGLE_FILE, SA3_TEXT_ENCODER_FILE, install_sa3_assets
 
-
 E2E_DIR = Path(__file__).resolve().parent
 REPO_ROOT = E2E_DIR.parents[1]
 PACK_FOLDER = "comfyui-stable-audio-3"
@@ -93,8 +92,9 @@ def sa3_tiny_single_files(sa3_tiny_model: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
-def sa3_server(comfy_server: ComfyServer, sa3_tiny_model: Path, sa3_tiny_single_files: tuple[Path, Path],
-               fixtures_dir: Path) -> ComfyServer:
+def sa3_server(
+    comfy_server: ComfyServer, sa3_tiny_model: Path, sa3_tiny_single_files: tuple[Path, Path], fixtures_dir: Path
+) -> ComfyServer:
     """The server with the pack's test models and clip (install_sa3_assets)."""
     return install_sa3_assets(comfy_server, sa3_tiny_model, sa3_tiny_single_files, fixtures_dir)
 

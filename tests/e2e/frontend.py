@@ -45,14 +45,15 @@ _RELOAD_ABANDONED_PREVIEWS = """() => {
 class ComfyFrontend:
     """One browser page on the ComfyUI frontend.
 
-        with ComfyFrontend(server.url) as ui:
-            ui.load_workflow(json.loads(path.read_text()))
-            api_graph = ui.graph_to_prompt()
-            prompt_id = ui.queue()
+    with ComfyFrontend(server.url) as ui:
+        ui.load_workflow(json.loads(path.read_text()))
+        api_graph = ui.graph_to_prompt()
+        prompt_id = ui.queue()
     """
 
-    def __init__(self, url: str, *, timeout_s: float = 60.0, chromium: Path = CHROMIUM,
-                 viewport: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, url: str, *, timeout_s: float = 60.0, chromium: Path = CHROMIUM, viewport: tuple[int, int] | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout_ms = timeout_s * 1000
         self.chromium = chromium
@@ -68,7 +69,8 @@ class ComfyFrontend:
         self._playwright = sync_playwright().start()
         try:
             self._browser = self._playwright.chromium.launch(
-                executable_path=str(self.chromium), headless=True, args=CHROMIUM_ARGS)
+                executable_path=str(self.chromium), headless=True, args=CHROMIUM_ARGS
+            )
             size = {"viewport": {"width": self.viewport[0], "height": self.viewport[1]}} if self.viewport else {}
             context = self._browser.new_context(**size)
             context.set_default_timeout(self.timeout_ms)

@@ -22,8 +22,10 @@ SECONDS = 4.0
 PEAK = 0.6  # about -4.4 dBFS
 
 # (start s, MIDI note, pan -1 left .. 1 right): two bars of eighth-note arpeggios, A minor then F major.
-_ARPEGGIO = [(i * 0.25, note, (-0.4, 0.4)[i % 2]) for i, note in
-             enumerate([57, 60, 64, 69, 64, 60, 57, 60, 53, 57, 60, 65, 60, 57, 53, 57])]
+_ARPEGGIO = [
+    (i * 0.25, note, (-0.4, 0.4)[i % 2])
+    for i, note in enumerate([57, 60, 64, 69, 64, 60, 57, 60, 53, 57, 60, 65, 60, 57, 53, 57])
+]
 _BASS = [(0.0, 45), (2.0, 41)]  # A2, F2
 
 

@@ -22,10 +22,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from conftest import PACK_FOLDER, REPO_ROOT, _cache_dir
 from PIL import Image
 
 from comfy_host import ComfyClient, ComfyServer, prepare_comfy_tree
-from conftest import PACK_FOLDER, REPO_ROOT, _cache_dir
 from frontend import ComfyFrontend, frozen
 from sa3_assets import SA3_LORAS, SA3_SINGLE_FILE, SA3_TEXT_ENCODER_FILE, sa3_example_clip
 
@@ -46,6 +46,7 @@ _GRAPH_BOX = """() => {
     const x1 = Math.max(...boxes.map(b => b[0] + b[2])), y1 = Math.max(...boxes.map(b => b[1] + b[3]));
     return [(x0 + ox) * s, (y0 + oy) * s, (x1 + ox) * s, (y1 + oy) * s];
 }"""
+
 
 def first_run_quiet(comfy: ComfyClient, ui: ComfyFrontend) -> None:
     """No first-visit template dialog, no "Nodes 2.0" banner and no minimap over the canvas."""
@@ -94,10 +95,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         folder = write_tiny_checkpoint(scratch / "tiny", "small", seed=0)
-        model_file, text_encoder_file = write_tiny_single_files(folder, scratch / SA3_SINGLE_FILE,
-                                                                scratch / SA3_TEXT_ENCODER_FILE)
-        with ComfyServer(prepare_comfy_tree(_cache_dir()), scratch / "base",
-                         custom_nodes={PACK_FOLDER: REPO_ROOT}) as server:
+        model_file, text_encoder_file = write_tiny_single_files(
+            folder, scratch / SA3_SINGLE_FILE, scratch / SA3_TEXT_ENCODER_FILE
+        )
+        with ComfyServer(
+            prepare_comfy_tree(_cache_dir()), scratch / "base", custom_nodes={PACK_FOLDER: REPO_ROOT}
+        ) as server:
             server.link(f"models/checkpoints/{SA3_SINGLE_FILE}", model_file)
             server.link(f"models/text_encoders/{SA3_TEXT_ENCODER_FILE}", text_encoder_file)
             for name in SA3_LORAS:

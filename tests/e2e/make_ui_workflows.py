@@ -19,8 +19,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from comfy_host import ComfyServer, prepare_comfy_tree
 from conftest import PACK_FOLDER, REPO_ROOT, _cache_dir
+
+from comfy_host import ComfyServer, prepare_comfy_tree
 from frontend import ComfyFrontend
 
 WORKFLOWS = REPO_ROOT / "workflows"
@@ -60,31 +61,39 @@ FOOTER = {
 }
 _X0, _Y0, _GAP = 40, 60, 50
 # Room for several prompts in the text boxes, for Load Audio's player, and for the spectrogram pictures.
-_SIZES = {"SA3_TextEncode": [380, 300], "SA3_PromptBuilder": [340, 380], "LoadAudio": [300, 180],
-          "PreviewImage": [460, 230]}
+_SIZES = {
+    "SA3_TextEncode": [380, 300],
+    "SA3_PromptBuilder": [340, 380],
+    "LoadAudio": [300, 180],
+    "PreviewImage": [460, 230],
+}
 
 # A note shown in each workflow (Note nodes live only in the UI; the API graph has none).
-_MODELS = ("Needs stable_audio_3_small_music.safetensors (models/checkpoints) and t5gemma_b_b_ul2.safetensors "
-           "(models/text_encoders): the missing-models dialog offers both. ")
+_MODELS = (
+    "Needs stable_audio_3_small_music.safetensors (models/checkpoints) and t5gemma_b_b_ul2.safetensors "
+    "(models/text_encoders): the missing-models dialog offers both. "
+)
 _DURATION = "The duration is set once, in Text Encode: the Empty Latent follows its conditioning. "
-_CLIP = ("Load Audio starts with sa3_example_clip.flac (a 4 s clip the pack ships and copies into input/); "
-         "upload your own there. ")
+_CLIP = (
+    "Load Audio starts with sa3_example_clip.flac (a 4 s clip the pack ships and copies into input/); "
+    "upload your own there. "
+)
 NOTES = {
     "sa3_text_to_audio": "Text to audio. The Prompt Builder writes the prompt in the official prompt guide's "
-                         "style (tags, then a description); type into Text Encode directly to skip it. "
-                         + _MODELS + _DURATION,
+    "style (tags, then a description); type into Text Encode directly to skip it. " + _MODELS + _DURATION,
     "sa3_audio_to_audio": "Audio to audio. " + _CLIP + "Set Text Encode's duration to the clip's length (longer "
-                          "pads it with silence, shorter cuts it); noise_level sets how much changes (lower keeps "
-                          "more of the input). " + _MODELS,
+    "pads it with silence, shorter cuts it); noise_level sets how much changes (lower keeps "
+    "more of the input). " + _MODELS,
     "sa3_inpainting": "Inpainting: regenerates the regions (seconds) of the clip and keeps the rest; compare the "
-                      "two spectrograms. Several regions: '0.5-1.0, 2.5-3.5'. " + _CLIP + _MODELS,
+    "two spectrograms. Several regions: '0.5-1.0, 2.5-3.5'. " + _CLIP + _MODELS,
     "sa3_continuation": "Continuation: keeps the clip and generates what follows, up to Text Encode's duration. "
-                        + _CLIP + _MODELS,
+    + _CLIP
+    + _MODELS,
     "sa3_batch_prompts": "One batch, one prompt per item: prompts are separated by a line '---', per-item durations "
-                         "are listed in per_item_durations (in Text Encode only: the Empty Latent takes the batch "
-                         "from the conditioning). Shorter items are padded with silence to the longest. " + _MODELS,
+    "are listed in per_item_durations (in Text Encode only: the Empty Latent takes the batch "
+    "from the conditioning). Shorter items are padded with silence to the longest. " + _MODELS,
     "sa3_lora_stack": "Two SA3 LoRAs stacked (your own files, from models/loras). Each Apply LoRA adds one; "
-                      "strength and target apply per LoRA. The loaded model itself is never changed. " + _MODELS,
+    "strength and target apply per LoRA. The loaded model itself is never changed. " + _MODELS,
 }
 
 _LOAD_AND_LAYOUT = """async ([api, name, columns, footer, sizes, note, hints]) => {
@@ -137,7 +146,7 @@ _LOAD_AND_LAYOUT = """async ([api, name, columns, footer, sizes, note, hints]) =
         graph.add(box);
     }
     graph.setDirtyCanvas(true, true);
-}""" % {"x0": _X0, "y0": _Y0, "gap": _GAP}
+}""" % {"x0": _X0, "y0": _Y0, "gap": _GAP}  # noqa: UP031 - %-format: the JavaScript is full of braces
 
 
 def main() -> int:

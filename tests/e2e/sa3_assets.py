@@ -36,7 +36,6 @@ def sa3_example_clip() -> tuple[int, Any]:
     """The shipped example clip as Load Audio decodes it: (44100, float32 (2, samples) = int16 / 2**15), from
     the script that synthesized it (a test checks the shipped file holds exactly these samples)."""
     import numpy as np
-
     from make_example_clip import SAMPLE_RATE, synthesize
 
     return SAMPLE_RATE, synthesize().astype(np.float32) / 32768.0
@@ -48,8 +47,10 @@ def reset_cache(comfy: ComfyClient) -> None:
     right after the prompt it is running, always before it takes the next one. So after one small prompt has
     finished, any prompt queued next runs on a reset cache with nothing loaded."""
     comfy.free()
-    barrier = {"1": {"class_type": "LoadAudio", "inputs": {"audio": SA3_EXAMPLE_INPUT}},
-               "2": {"class_type": "PreviewAudio", "inputs": {"audio": ["1", 0]}}}
+    barrier = {
+        "1": {"class_type": "LoadAudio", "inputs": {"audio": SA3_EXAMPLE_INPUT}},
+        "2": {"class_type": "PreviewAudio", "inputs": {"audio": ["1", 0]}},
+    }
     assert comfy.run(barrier, timeout_s=60).ok
 
 
@@ -63,8 +64,10 @@ def with_latent_savers(graph: dict[str, Any], node_types: tuple[str, ...]) -> tu
     for node_id, node in list(graph.items()):
         if node["class_type"] in node_types:
             saver = f"save_latent_{node_id}"
-            graph[saver] = {"class_type": "SaveLatent", "inputs": {
-                "samples": [node_id, 0], "filename_prefix": f"latents/sa3_test_{node_id}"}}
+            graph[saver] = {
+                "class_type": "SaveLatent",
+                "inputs": {"samples": [node_id, 0], "filename_prefix": f"latents/sa3_test_{node_id}"},
+            }
             savers[saver] = node_id
     return graph, savers
 
@@ -78,8 +81,9 @@ def saved_latent(output_dir: Path, result: PromptResult, saver: str) -> Any:
     return load_file(output_dir / file_ref["subfolder"] / file_ref["filename"])["latent_tensor"]
 
 
-def install_sa3_assets(server: ComfyServer, tiny_model: Path, single_files: tuple[Path, Path],
-                       fixtures_dir: Path) -> ComfyServer:
+def install_sa3_assets(
+    server: ComfyServer, tiny_model: Path, single_files: tuple[Path, Path], fixtures_dir: Path
+) -> ComfyServer:
     """Put the tiny model in models/stable_audio_3 as an official folder and in models/checkpoints +
     models/text_encoders as Comfy-Org files (the names the workflows in workflows/ use), the fixture LoRAs in
     models/loras and a test clip in input/ (the pack itself copies its example clip there)."""

@@ -22,7 +22,10 @@ def test_demo_runs_text_to_audio_on_the_tiny_checkpoint(comfy_tree: Path, tmp_pa
     (home / comfy_tree.name).symlink_to(comfy_tree)  # reuse the prepared ComfyUI tree instead of copying it again
     result = subprocess.run(
         [sys.executable, ".ci/demo.py", "--once", "--port", str(free_port()), "--home", str(home)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     log = home / "base" / "comfyui.log"
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{log.read_text() if log.exists() else ''}"
@@ -30,8 +33,14 @@ def test_demo_runs_text_to_audio_on_the_tiny_checkpoint(comfy_tree: Path, tmp_pa
     assert "No Stable Audio 3 checkpoint in" in out and "TINY RANDOM WEIGHTS" in out
     assert (home / "base" / "models" / "stable_audio_3" / "tiny-random-sa3-small" / "TINY_RANDOM_WEIGHTS.txt").is_file()
     templates = next(line for line in out.splitlines() if line.startswith("Template browser"))
-    for name in ("sa3_text_to_audio", "sa3_audio_to_audio", "sa3_inpainting", "sa3_continuation",
-                 "sa3_batch_prompts", "sa3_lora_stack"):
+    for name in (
+        "sa3_text_to_audio",
+        "sa3_audio_to_audio",
+        "sa3_inpainting",
+        "sa3_continuation",
+        "sa3_batch_prompts",
+        "sa3_lora_stack",
+    ):
         assert name in templates
     written = sorted((home / "base" / "output").rglob("*.flac"))
     assert len(written) == 1 and str(written[0]) in out

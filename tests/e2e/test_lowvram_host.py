@@ -19,24 +19,36 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from comfy_host import ComfyClient, ComfyServer
-from sa3_assets import install_sa3_assets
 from test_sa3_server import test_lora_changes_only_its_own_branch as check_lora_branches
 from test_sa3_workflows import PACK_FOLDER, REPO_ROOT, reference, workflow_reference_model  # noqa: F401 - fixtures
 from test_sa3_workflows import test_api_workflow_matches_python_api as check_api_workflow
+
+from comfy_host import ComfyClient, ComfyServer
+from sa3_assets import install_sa3_assets
 
 EMULATION_FOLDER = "sa3-lowvram-host-emulation"
 EMULATION_DIR = Path(__file__).resolve().parent / "lowvram_host"
 LOG_PREFIX = "lowvram-host emulation:"
 BUDGETS = {"half": "0.5", "novram": "novram"}  # SA3_LOWVRAM_BUDGET for each server
-INSTALLED = {"half": "load_models_gpu gives each model a budget of 0.5 of its size unless force_full_load",
-             "novram": "load_models_gpu gives each model a budget of 0.1 byte (novram) unless force_full_load"}
+INSTALLED = {
+    "half": "load_models_gpu gives each model a budget of 0.5 of its size unless force_full_load",
+    "novram": "load_models_gpu gives each model a budget of 0.1 byte (novram) unless force_full_load",
+}
 # The module classes that must have computed from offloaded storage in a text-to-audio run.
 OFFLOADED_KINDS = {
     "half": ("Linear", "Conv1d", "RMSNorm", "LearnedTensor", "RotaryEmbedding"),
-    "novram": ("Linear", "Conv1d", "RMSNorm", "LearnedTensor", "RotaryEmbedding", "DyT", "WeightNormConv1d",
-               "T5GemmaRMSNorm", "Embedding", "PromptConditioner"),
+    "novram": (
+        "Linear",
+        "Conv1d",
+        "RMSNorm",
+        "LearnedTensor",
+        "RotaryEmbedding",
+        "DyT",
+        "WeightNormConv1d",
+        "T5GemmaRMSNorm",
+        "Embedding",
+        "PromptConditioner",
+    ),
 }
 PARTS = ("SA3TextPart", "SA3DiTPart", "SA3VAEPart")
 LORA_PARTS = ("SA3TextPart", "SA3DiTPart")  # the parts LoRAApply patches (conditioners, DiT)
@@ -54,8 +66,14 @@ def budget(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def lowvram_server(budget: str, comfy_tree: Path, tmp_path_factory: pytest.TempPathFactory, sa3_tiny_model: Path,
-                   sa3_tiny_single_files: tuple[Path, Path], fixtures_dir: Path) -> Iterator[ComfyServer]:
+def lowvram_server(
+    budget: str,
+    comfy_tree: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    sa3_tiny_model: Path,
+    sa3_tiny_single_files: tuple[Path, Path],
+    fixtures_dir: Path,
+) -> Iterator[ComfyServer]:
     base_dir = tmp_path_factory.mktemp(f"comfyui-lowvram-host-{budget}")
     packs = {EMULATION_FOLDER: EMULATION_DIR, PACK_FOLDER: REPO_ROOT}
     server = ComfyServer(comfy_tree, base_dir, custom_nodes=packs)
@@ -82,7 +100,7 @@ def loads(server: ComfyServer) -> list[tuple[str, dict[str, Any], dict[str, int]
     found = []
     for line in emulation_lines(server):
         if line.startswith("load "):
-            part, rest = line[len("load "):].split(": ", 1)
+            part, rest = line[len("load ") :].split(": ", 1)
             report, counts = rest.split("; counts ", 1)
             found.append((part, json.loads(report), json.loads(counts)))
     return found
@@ -94,8 +112,12 @@ def counts(server: ComfyServer) -> dict[str, int]:
     return json.loads(logged[-1].split("; counts ", 1)[1]) if logged else {}
 
 
-def assert_loaded_partially(new_loads: list[tuple[str, dict[str, Any], dict[str, int]]], parts: tuple[str, ...],
-                            budget: str, patched: tuple[str, ...] = ()) -> None:
+def assert_loaded_partially(
+    new_loads: list[tuple[str, dict[str, Any], dict[str, int]]],
+    parts: tuple[str, ...],
+    budget: str,
+    patched: tuple[str, ...] = (),
+) -> None:
     """Each of ``parts`` was loaded under its budget: fewer bytes than the part holds (none under novram),
     some leaf modules left offloaded with cast weights (under half, others loaded), none left without
     casting; the ``patched`` parts with LoRA patches at forward."""
@@ -119,8 +141,13 @@ def test_the_small_budget_is_emulated_before_the_pack_loads(budget: str, lowvram
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
-def test_api_workflow_matches_python_api(name: str, budget: str, lowvram_server: ComfyServer, lowvram: ComfyClient,
-                                         reference: Any) -> None:
+def test_api_workflow_matches_python_api(
+    name: str,
+    budget: str,
+    lowvram_server: ComfyServer,
+    lowvram: ComfyClient,
+    reference: Any,  # noqa: F811 - fixture
+) -> None:
     before = len(loads(lowvram_server))
     check_api_workflow(name, lowvram_server, lowvram, reference)
     new_loads = loads(lowvram_server)[before:]
@@ -133,8 +160,9 @@ def test_api_workflow_matches_python_api(name: str, budget: str, lowvram_server:
         assert run.get("LowVramPatch applications", 0) > 0, run
 
 
-def test_lora_changes_only_its_own_branch(budget: str, lowvram_server: ComfyServer, lowvram: ComfyClient,
-                                          reference_model: Any, fixtures_dir: Path) -> None:
+def test_lora_changes_only_its_own_branch(
+    budget: str, lowvram_server: ComfyServer, lowvram: ComfyClient, reference_model: Any, fixtures_dir: Path
+) -> None:
     before = len(loads(lowvram_server))
     applied = counts(lowvram_server).get("LowVramPatch applications", 0)
     check_lora_branches(lowvram_server, lowvram, reference_model, fixtures_dir)

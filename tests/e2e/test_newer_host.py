@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from comfy_host import ComfyClient, ComfyServer
-from sa3_assets import install_sa3_assets
 from test_sa3_server import test_interrupt_stops_sampling_and_the_next_prompt_runs as check_interrupt
 from test_sa3_server import test_lora_changes_only_its_own_branch as check_lora_branches
 from test_sa3_workflows import PACK_FOLDER, REPO_ROOT, reference, workflow_reference_model  # noqa: F401 - fixtures
 from test_sa3_workflows import test_api_workflow_matches_python_api as check_api_workflow
+
+from comfy_host import ComfyClient, ComfyServer
+from sa3_assets import install_sa3_assets
 
 EMULATION_FOLDER = "sa3-newer-host-emulation"
 EMULATION_DIR = Path(__file__).resolve().parent / "newer_host"
@@ -43,8 +43,13 @@ pytestmark = pytest.mark.newer_host
 
 
 @pytest.fixture(scope="module")
-def newer_server(comfy_tree: Path, tmp_path_factory: pytest.TempPathFactory, sa3_tiny_model: Path,
-                 sa3_tiny_single_files: tuple[Path, Path], fixtures_dir: Path) -> Iterator[ComfyServer]:
+def newer_server(
+    comfy_tree: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    sa3_tiny_model: Path,
+    sa3_tiny_single_files: tuple[Path, Path],
+    fixtures_dir: Path,
+) -> Iterator[ComfyServer]:
     base_dir = tmp_path_factory.mktemp("comfyui-newer-host")
     packs = {EMULATION_FOLDER: EMULATION_DIR, PACK_FOLDER: REPO_ROOT}
     with ComfyServer(comfy_tree, base_dir, custom_nodes=packs) as server:
@@ -74,16 +79,21 @@ def test_the_newer_host_is_emulated_before_the_pack_loads(newer_server: ComfySer
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
-def test_api_workflow_matches_python_api(name: str, newer_server: ComfyServer, newer: ComfyClient,
-                                         reference: Any) -> None:
+def test_api_workflow_matches_python_api(
+    name: str,
+    newer_server: ComfyServer,
+    newer: ComfyClient,
+    reference: Any,  # noqa: F811 - the fixture
+) -> None:
     check_api_workflow(name, newer_server, newer, reference)
     counts = emulation_counts(newer_server)
     assert counts.get("lazy layers loaded", 0) > 0  # the model really was built from lazy Linear layers
     assert counts.get("models marked in use by the prompt", 0) > 0  # SA3_MODEL outputs name their patchers
 
 
-def test_lora_changes_only_its_own_branch(newer_server: ComfyServer, newer: ComfyClient, reference_model: Any,
-                                          fixtures_dir: Path) -> None:
+def test_lora_changes_only_its_own_branch(
+    newer_server: ComfyServer, newer: ComfyClient, reference_model: Any, fixtures_dir: Path
+) -> None:
     before = emulation_counts(newer_server)
     check_lora_branches(newer_server, newer, reference_model, fixtures_dir)
     counts = emulation_counts(newer_server)

@@ -23,7 +23,6 @@ from safetensors.torch import load_file, save_file
 
 from comfy_host import ComfyClient, ComfyServer, PromptRejected, decode_audio
 from sa3_assets import SA3_EXAMPLE_INPUT, SA3_LORAS, SA3_MODEL_NAME, SA3_TEXT_ENCODER_FILE
-
 from sa3_core.pipeline import StableAudioModel
 
 ATOL = 2 / 32768  # 16-bit FLAC quantisation
@@ -31,30 +30,60 @@ NAN = float("nan")
 _seeds = iter(range(30_000, 40_000))
 
 
-def graph(prompt: str = "piano", *, seed: int | None = None, steps: int = 2, cfg: float = 0.0, apg: float = 1.0,
-          shift: float = 0.0, model: str = SA3_MODEL_NAME, text_encoder: str = "auto",
-          lora: tuple[str, float] | None = None, batch_from_conditioning: bool = False) -> dict[str, Any]:
+def graph(
+    prompt: str = "piano",
+    *,
+    seed: int | None = None,
+    steps: int = 2,
+    cfg: float = 0.0,
+    apg: float = 1.0,
+    shift: float = 0.0,
+    model: str = SA3_MODEL_NAME,
+    text_encoder: str = "auto",
+    lora: tuple[str, float] | None = None,
+    batch_from_conditioning: bool = False,
+) -> dict[str, Any]:
     """Loader -> [LoRA] -> Text Encode + Empty Latent -> Sampler -> VAE Decode -> Save Audio (2 s)."""
-    nodes: dict[str, Any] = {"1": {"class_type": "SA3_ModelLoader", "inputs": {
-        "model": model, "text_encoder": text_encoder, "dtype": "auto", "attention": "auto"}}}
+    nodes: dict[str, Any] = {
+        "1": {
+            "class_type": "SA3_ModelLoader",
+            "inputs": {"model": model, "text_encoder": text_encoder, "dtype": "auto", "attention": "auto"},
+        }
+    }
     wire = ["1", 0]
     if lora is not None:
-        nodes["l0"] = {"class_type": "SA3_LoRAApply", "inputs": {
-            "model": wire, "lora_name": lora[0], "strength": lora[1], "target": "dit and conditioner"}}
+        nodes["l0"] = {
+            "class_type": "SA3_LoRAApply",
+            "inputs": {"model": wire, "lora_name": lora[0], "strength": lora[1], "target": "dit and conditioner"},
+        }
         wire = ["l0", 0]
     latent_inputs: dict[str, Any] = {"model": wire, "duration": 2.0, "batch_size": 1}
     if batch_from_conditioning:
         latent_inputs["conditioning"] = ["2", 0]
     nodes |= {
-        "2": {"class_type": "SA3_TextEncode", "inputs": {"model": wire, "prompt": prompt, "negative_prompt": "",
-                                                          "duration": 2.0}},
+        "2": {
+            "class_type": "SA3_TextEncode",
+            "inputs": {"model": wire, "prompt": prompt, "negative_prompt": "", "duration": 2.0},
+        },
         "3": {"class_type": "SA3_EmptyLatent", "inputs": latent_inputs},
-        "4": {"class_type": "SA3_RFSampler", "inputs": {
-            "model": wire, "conditioning": ["2", 0], "latent": ["3", 0],
-            "seed": next(_seeds) if seed is None else seed, "steps": steps, "cfg": cfg, "apg_scale": apg,
-            "sampler": "auto", "shift": shift}},
-        "5": {"class_type": "SA3_VAEDecode", "inputs": {"model": wire, "latent": ["4", 0], "chunked": "auto",
-                                                         "peak": "clamp"}},
+        "4": {
+            "class_type": "SA3_RFSampler",
+            "inputs": {
+                "model": wire,
+                "conditioning": ["2", 0],
+                "latent": ["3", 0],
+                "seed": next(_seeds) if seed is None else seed,
+                "steps": steps,
+                "cfg": cfg,
+                "apg_scale": apg,
+                "sampler": "auto",
+                "shift": shift,
+            },
+        },
+        "5": {
+            "class_type": "SA3_VAEDecode",
+            "inputs": {"model": wire, "latent": ["4", 0], "chunked": "auto", "peak": "clamp"},
+        },
         "6": {"class_type": "SaveAudio", "inputs": {"audio": ["5", 0], "filename_prefix": "audio/sa3_bad_input"}},
     }
     return nodes
@@ -64,11 +93,15 @@ def with_audio(nodes: dict[str, Any], clip: str, node: str, **inputs: Any) -> di
     """Route the latent through Init Audio ("init") or Inpaint ("inpaint") fed by LoadAudio(clip)."""
     nodes["7"] = {"class_type": "LoadAudio", "inputs": {"audio": clip}}
     if node == "init":
-        nodes["8"] = {"class_type": "SA3_InitAudioEncode", "inputs": {
-            "model": ["1", 0], "latent": ["3", 0], "audio": ["7", 0], "noise_level": 0.8}}
+        nodes["8"] = {
+            "class_type": "SA3_InitAudioEncode",
+            "inputs": {"model": ["1", 0], "latent": ["3", 0], "audio": ["7", 0], "noise_level": 0.8},
+        }
     else:
-        nodes["8"] = {"class_type": "SA3_InpaintMask", "inputs": {
-            "model": ["1", 0], "latent": ["3", 0], "audio": ["7", 0], "mode": "regions", **inputs}}
+        nodes["8"] = {
+            "class_type": "SA3_InpaintMask",
+            "inputs": {"model": ["1", 0], "latent": ["3", 0], "audio": ["7", 0], "mode": "regions", **inputs},
+        }
     nodes["4"]["inputs"]["latent"] = ["8", 0]
     return nodes
 
@@ -93,8 +126,7 @@ def assert_no_absolute_paths(text: str, server: ComfyServer) -> None:
 def queue_with_nan(comfy: ComfyClient, nodes: dict[str, Any]) -> str:
     """POST /prompt with JSON's NaN token in the body (requests' ``json=`` refuses to write it)."""
     body = json.dumps({"prompt": nodes, "client_id": comfy.client_id})  # allow_nan: writes NaN
-    response = requests.post(f"{comfy.url}/prompt", data=body, headers={"Content-Type": "application/json"},
-                             timeout=30)
+    response = requests.post(f"{comfy.url}/prompt", data=body, headers={"Content-Type": "application/json"}, timeout=30)
     response.raise_for_status()
     return response.json()["prompt_id"]
 
@@ -165,8 +197,9 @@ def tone(seconds: float, rate: int, channels: int = 1) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_a_huge_region_text_is_refused_at_once_and_the_server_keeps_answering(sa3_server: ComfyServer,
-                                                                             comfy: ComfyClient) -> None:
+def test_a_huge_region_text_is_refused_at_once_and_the_server_keeps_answering(
+    sa3_server: ComfyServer, comfy: ComfyClient
+) -> None:
     """32 kB of digits took the old parser ~30 s inside the request handler, and /system_stats waited."""
     rejected: list[PromptRejected] = []
 
@@ -189,8 +222,7 @@ def test_a_huge_region_text_is_refused_at_once_and_the_server_keeps_answering(sa
     assert_serves(comfy)
 
 
-def test_too_many_prompts_in_one_widget_are_refused_at_queue_time(sa3_server: ComfyServer,
-                                                                  comfy: ComfyClient) -> None:
+def test_too_many_prompts_in_one_widget_are_refused_at_queue_time(sa3_server: ComfyServer, comfy: ComfyClient) -> None:
     """130 prompts separated by --- with the conditioning wired to Empty Latent bypassed its 64 maximum."""
     prompts = "\n---\n".join(["piano"] * 130)
     with pytest.raises(PromptRejected) as rejected:
@@ -208,8 +240,9 @@ def test_a_lone_surrogate_in_a_prompt_is_a_clear_error(sa3_server: ComfyServer, 
     assert_serves(comfy)
 
 
-def test_a_prompt_past_the_encoders_length_runs_and_the_log_says_it_was_cut(sa3_server: ComfyServer,
-                                                                            comfy: ComfyClient) -> None:
+def test_a_prompt_past_the_encoders_length_runs_and_the_log_says_it_was_cut(
+    sa3_server: ComfyServer, comfy: ComfyClient
+) -> None:
     long_prompt = " ".join(["piano"] * 17_000)  # 100 kB
     result = comfy.run(graph(long_prompt), timeout_s=300)
     assert result.ok, result.messages
@@ -222,8 +255,9 @@ def test_a_prompt_past_the_encoders_length_runs_and_the_log_says_it_was_cut(sa3_
 
 
 @pytest.mark.parametrize("setting", ["cfg", "apg", "shift"])
-def test_nan_sampler_settings_fail_without_writing_a_file(setting: str, sa3_server: ComfyServer,
-                                                          comfy: ComfyClient) -> None:
+def test_nan_sampler_settings_fail_without_writing_a_file(
+    setting: str, sa3_server: ComfyServer, comfy: ComfyClient
+) -> None:
     """JSON's NaN passes ComfyUI's min/max checks; the old sampler kept it and wrote full-scale noise."""
     settings = {"cfg": NAN} if setting == "cfg" else {"cfg": 3.0, setting: NAN}
     error = run_error(comfy, graph(**settings))
@@ -233,8 +267,9 @@ def test_nan_sampler_settings_fail_without_writing_a_file(setting: str, sa3_serv
     assert_serves(comfy)
 
 
-def test_a_checkpoint_with_nan_weights_is_refused_naming_the_file(sa3_server: ComfyServer, comfy: ComfyClient,
-                                                                  sa3_tiny_model: Path, tmp_path: Path) -> None:
+def test_a_checkpoint_with_nan_weights_is_refused_naming_the_file(
+    sa3_server: ComfyServer, comfy: ComfyClient, sa3_tiny_model: Path, tmp_path: Path
+) -> None:
     broken = tmp_path / "broken-model"
     broken.mkdir()
     for entry in sa3_tiny_model.iterdir():
@@ -254,7 +289,9 @@ def test_a_checkpoint_with_nan_weights_is_refused_naming_the_file(sa3_server: Co
     assert_serves(comfy)
 
 
-def _lora(fixtures_dir: Path, tmp_path: Path, name: str, *, nan_factor: bool = False, alpha: float | None = None) -> Path:
+def _lora(
+    fixtures_dir: Path, tmp_path: Path, name: str, *, nan_factor: bool = False, alpha: float | None = None
+) -> Path:
     source = fixtures_dir / "loras" / SA3_LORAS[0]
     with safe_open(str(source), framework="pt") as handle:
         metadata = handle.metadata()
@@ -268,8 +305,9 @@ def _lora(fixtures_dir: Path, tmp_path: Path, name: str, *, nan_factor: bool = F
     return path
 
 
-def test_a_lora_with_nan_factors_is_refused_when_applied(sa3_server: ComfyServer, comfy: ComfyClient,
-                                                         fixtures_dir: Path, tmp_path: Path) -> None:
+def test_a_lora_with_nan_factors_is_refused_when_applied(
+    sa3_server: ComfyServer, comfy: ComfyClient, fixtures_dir: Path, tmp_path: Path
+) -> None:
     lora = _lora(fixtures_dir, tmp_path, "nan_lora.safetensors", nan_factor=True)
     with placed(sa3_server, "models/loras/nan_lora.safetensors", lora) as name:
         error = run_error(comfy, graph(lora=(name, 1.0)))
@@ -281,8 +319,8 @@ def test_a_lora_with_nan_factors_is_refused_when_applied(sa3_server: ComfyServer
 
 
 def test_a_lora_whose_merged_weights_blow_up_is_refused_and_the_plain_model_is_intact(
-        sa3_server: ComfyServer, comfy: ComfyClient, fixtures_dir: Path, tmp_path: Path,
-        reference_model: StableAudioModel) -> None:
+    sa3_server: ComfyServer, comfy: ComfyClient, fixtures_dir: Path, tmp_path: Path, reference_model: StableAudioModel
+) -> None:
     """alpha 1e30 makes the merged weights ~1e27: refused when ComfyUI patches them, and the patches already
     made are undone (the next plain-model prompt matches the Python API bit for bit within FLAC rounding)."""
     lora = _lora(fixtures_dir, tmp_path, "huge_alpha_lora.safetensors", alpha=1e30)
@@ -315,8 +353,9 @@ def test_an_absurd_sample_rate_is_a_node_error(sa3_server: ComfyServer, comfy: C
     assert_serves(comfy)
 
 
-def test_an_eight_channel_clip_keeps_its_front_pair_and_the_log_says_so(sa3_server: ComfyServer,
-                                                                        comfy: ComfyClient, clip_file) -> None:
+def test_an_eight_channel_clip_keeps_its_front_pair_and_the_log_says_so(
+    sa3_server: ComfyServer, comfy: ComfyClient, clip_file
+) -> None:
     clip = clip_file("eight_channels.wav", tone(1.0, 48000, channels=8), 48000)
     result = comfy.run(with_audio(graph(), clip, "init"), timeout_s=300)
     assert result.ok, result.messages
@@ -328,14 +367,18 @@ def test_an_eight_channel_clip_keeps_its_front_pair_and_the_log_says_so(sa3_serv
 # --------------------------------------------------------------------------------------------------
 
 
-def test_auto_text_encoder_takes_the_one_t5gemma_folder(sa3_server: ComfyServer, comfy: ComfyClient,
-                                                        sa3_tiny_model: Path) -> None:
+def test_auto_text_encoder_takes_the_one_t5gemma_folder(
+    sa3_server: ComfyServer, comfy: ComfyClient, sa3_tiny_model: Path
+) -> None:
     """The folder's own model.safetensors was listed as a second encoder, and auto refused ("several")."""
     # Only the folder: the session's Comfy-Org text-encoder file (the workflows' one) is set aside meanwhile.
-    with set_aside(sa3_server, f"models/text_encoders/{SA3_TEXT_ENCODER_FILE}"), \
-         placed(sa3_server, "models/text_encoders/t5gemma-b-b-ul2", sa3_tiny_model / "t5gemma-b-b-ul2"), \
-         placed(sa3_server, "models/stable_audio_3/stable_audio_3_tiny.safetensors",
-                sa3_tiny_model / "model.safetensors") as single_file:
+    with (
+        set_aside(sa3_server, f"models/text_encoders/{SA3_TEXT_ENCODER_FILE}"),
+        placed(sa3_server, "models/text_encoders/t5gemma-b-b-ul2", sa3_tiny_model / "t5gemma-b-b-ul2"),
+        placed(
+            sa3_server, "models/stable_audio_3/stable_audio_3_tiny.safetensors", sa3_tiny_model / "model.safetensors"
+        ) as single_file,
+    ):
         options = comfy.object_info("SA3_ModelLoader")["SA3_ModelLoader"]["input"]["required"]["text_encoder"][1]
         assert options["options"] == ["auto", "t5gemma-b-b-ul2"]
         error = run_error(comfy, graph(model=single_file))

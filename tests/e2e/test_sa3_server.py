@@ -15,9 +15,15 @@ import pytest
 import torch
 
 from comfy_host import ComfyClient, ComfyServer, PromptRejected, decode_audio
-from sa3_assets import (SA3_EXAMPLE_INPUT, SA3_LORAS, SA3_MODEL_NAME, SA3_SINGLE_FILE, SA3_TEXT_ENCODER_FILE,
-                        reset_cache, saved_latent)
-
+from sa3_assets import (
+    SA3_EXAMPLE_INPUT,
+    SA3_LORAS,
+    SA3_MODEL_NAME,
+    SA3_SINGLE_FILE,
+    SA3_TEXT_ENCODER_FILE,
+    reset_cache,
+    saved_latent,
+)
 from sa3_core.pipeline import StableAudioModel
 from tests.helpers import relative_l2
 
@@ -41,30 +47,73 @@ NODE_INPUTS = {
 }
 
 
-def t2a_graph(prompt: str = "piano", *, duration: float = 2.0, seed: int = 1, steps: int = 4, batch: int = 1,
-              negative: str = "", cfg: float = 0.0, apg: float = 1.0, sampler: str = "auto", shift: float = 0.0,
-              latent_duration: float | None = None, loras: tuple[tuple[str, float, str], ...] = ()) -> dict[str, Any]:
+def t2a_graph(
+    prompt: str = "piano",
+    *,
+    duration: float = 2.0,
+    seed: int = 1,
+    steps: int = 4,
+    batch: int = 1,
+    negative: str = "",
+    cfg: float = 0.0,
+    apg: float = 1.0,
+    sampler: str = "auto",
+    shift: float = 0.0,
+    latent_duration: float | None = None,
+    loras: tuple[tuple[str, float, str], ...] = (),
+) -> dict[str, Any]:
     """Loader -> [LoRAApply...] -> TextEncode + EmptyLatent -> Sampler -> VAEDecode -> SaveAudio, and the
     sampler's latents -> SaveLatent (node "7")."""
-    graph: dict[str, Any] = {"1": {"class_type": "SA3_ModelLoader", "inputs": {
-        "model": SA3_MODEL_NAME, "text_encoder": "auto", "dtype": "auto", "attention": "auto"}}}
+    graph: dict[str, Any] = {
+        "1": {
+            "class_type": "SA3_ModelLoader",
+            "inputs": {"model": SA3_MODEL_NAME, "text_encoder": "auto", "dtype": "auto", "attention": "auto"},
+        }
+    }
     model = ["1", 0]
     for i, (name, strength, target) in enumerate(loras):
         node = f"l{i}"
-        graph[node] = {"class_type": "SA3_LoRAApply", "inputs": {
-            "model": model, "lora_name": name, "strength": strength, "target": target}}
+        graph[node] = {
+            "class_type": "SA3_LoRAApply",
+            "inputs": {"model": model, "lora_name": name, "strength": strength, "target": target},
+        }
         model = [node, 0]
     graph |= {
-        "2": {"class_type": "SA3_TextEncode", "inputs": {
-            "model": model, "prompt": prompt, "negative_prompt": negative, "duration": duration}},
-        "3": {"class_type": "SA3_EmptyLatent", "inputs": {
-            "model": model, "duration": duration if latent_duration is None else latent_duration, "batch_size": batch}},
-        "4": {"class_type": "SA3_RFSampler", "inputs": {
-            "model": model, "conditioning": ["2", 0], "latent": ["3", 0], "seed": seed, "steps": steps, "cfg": cfg,
-            "apg_scale": apg, "sampler": sampler, "shift": shift}},
-        "5": {"class_type": "SA3_VAEDecode", "inputs": {"model": model, "latent": ["4", 0], "chunked": "auto", "peak": "clamp"}},
+        "2": {
+            "class_type": "SA3_TextEncode",
+            "inputs": {"model": model, "prompt": prompt, "negative_prompt": negative, "duration": duration},
+        },
+        "3": {
+            "class_type": "SA3_EmptyLatent",
+            "inputs": {
+                "model": model,
+                "duration": duration if latent_duration is None else latent_duration,
+                "batch_size": batch,
+            },
+        },
+        "4": {
+            "class_type": "SA3_RFSampler",
+            "inputs": {
+                "model": model,
+                "conditioning": ["2", 0],
+                "latent": ["3", 0],
+                "seed": seed,
+                "steps": steps,
+                "cfg": cfg,
+                "apg_scale": apg,
+                "sampler": sampler,
+                "shift": shift,
+            },
+        },
+        "5": {
+            "class_type": "SA3_VAEDecode",
+            "inputs": {"model": model, "latent": ["4", 0], "chunked": "auto", "peak": "clamp"},
+        },
         "6": {"class_type": "SaveAudio", "inputs": {"audio": ["5", 0], "filename_prefix": "audio/sa3_server_test"}},
-        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "latents/sa3_server_test"}},
+        "7": {
+            "class_type": "SaveLatent",
+            "inputs": {"samples": ["4", 0], "filename_prefix": "latents/sa3_server_test"},
+        },
     }
     return graph
 
@@ -84,7 +133,9 @@ def python_api(model: StableAudioModel, **kwargs: Any) -> tuple[torch.Tensor, to
     return model.generate(**kwargs), model.generate(**kwargs, return_latents=True)
 
 
-def assert_matches(server: ComfyServer, comfy: ComfyClient, result, expected: tuple[torch.Tensor, torch.Tensor]) -> None:
+def assert_matches(
+    server: ComfyServer, comfy: ComfyClient, result, expected: tuple[torch.Tensor, torch.Tensor]
+) -> None:
     """The graph's FLAC files and sampler latents equal the Python API's (audio, latents)."""
     audio, latents = expected
     saved = saved_audio(comfy, result)
@@ -128,8 +179,9 @@ def part_loads(server: ComfyServer) -> dict[str, int]:
     return {part: log.count(f"Requested to load {part}") for part in ("SA3TextPart", "SA3DiTPart", "SA3VAEPart")}
 
 
-def test_changing_only_the_prompt_reuses_the_loaded_model(sa3_server: ComfyServer, comfy: ComfyClient,
-                                                           reference_model: StableAudioModel) -> None:
+def test_changing_only_the_prompt_reuses_the_loaded_model(
+    sa3_server: ComfyServer, comfy: ComfyClient, reference_model: StableAudioModel
+) -> None:
     reset_cache(comfy)  # start from nothing loaded, so the first run must load every part
     before = part_loads(sa3_server)
     first = comfy.run(t2a_graph("piano", seed=1001), timeout_s=300)
@@ -142,19 +194,25 @@ def test_changing_only_the_prompt_reuses_the_loaded_model(sa3_server: ComfyServe
     assert {"1", "3"} <= set(cached)  # the loader (and the empty latent) did not run again
     assert "2" not in cached
     assert part_loads(sa3_server) == loaded  # and no part was loaded again: the weights stayed in place
-    assert_matches(sa3_server, comfy, second,
-                   python_api(reference_model, prompt="soft drums", duration=2.0, steps=4, seed=1001))
+    assert_matches(
+        sa3_server, comfy, second, python_api(reference_model, prompt="soft drums", duration=2.0, steps=4, seed=1001)
+    )
 
 
-def test_float8_weights_load_through_comfy_ops(sa3_server: ComfyServer, comfy: ComfyClient,
-                                               sa3_tiny_model: Path) -> None:
+def test_float8_weights_load_through_comfy_ops(
+    sa3_server: ComfyServer, comfy: ComfyClient, sa3_tiny_model: Path
+) -> None:
     """The Loader's weights fp8_e4m3fn: the DiT built from comfy.ops.manual_cast with float8 matrices gives
     what sa3_core's own float8 storage gives; a LoRA on it is refused with a clear error."""
     graph = t2a_graph("piano", seed=5)
     graph["1"]["inputs"]["weights"] = "fp8_e4m3fn"
     fp8 = StableAudioModel.from_pretrained(sa3_tiny_model, device="cpu", weight_dtype=torch.float8_e4m3fn)
-    assert_matches(sa3_server, comfy, comfy.run(graph, timeout_s=300),
-                   python_api(fp8, prompt="piano", duration=2.0, steps=4, seed=5))
+    assert_matches(
+        sa3_server,
+        comfy,
+        comfy.run(graph, timeout_s=300),
+        python_api(fp8, prompt="piano", duration=2.0, steps=4, seed=5),
+    )
 
     with_lora = t2a_graph("piano", seed=5, loras=((SA3_LORAS[0], 1.0, "dit and conditioner"),))
     with_lora["1"]["inputs"]["weights"] = "fp8_e4m3fn"
@@ -164,27 +222,40 @@ def test_float8_weights_load_through_comfy_ops(sa3_server: ComfyServer, comfy: C
     assert_next_prompt_runs(comfy)
 
 
-@pytest.mark.parametrize("settings", [
-    dict(cfg=3.0, apg=0.5, negative="noise", sampler="euler", shift=2.0),
-    dict(cfg=4.0, apg=1.0, negative="", sampler="dpmpp", steps=3),
-    dict(batch=2, sampler="rk4", steps=2),
-], ids=["cfg-apg-negative-euler-shift", "cfg-dpmpp", "one-prompt-batch-rk4"])
-def test_sampler_settings_match_the_python_api(settings: dict[str, Any], sa3_server: ComfyServer,
-                                              comfy: ComfyClient, reference_model: StableAudioModel) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(cfg=3.0, apg=0.5, negative="noise", sampler="euler", shift=2.0),
+        dict(cfg=4.0, apg=1.0, negative="", sampler="dpmpp", steps=3),
+        dict(batch=2, sampler="rk4", steps=2),
+    ],
+    ids=["cfg-apg-negative-euler-shift", "cfg-dpmpp", "one-prompt-batch-rk4"],
+)
+def test_sampler_settings_match_the_python_api(
+    settings: dict[str, Any], sa3_server: ComfyServer, comfy: ComfyClient, reference_model: StableAudioModel
+) -> None:
     graph = t2a_graph("warm bass", seed=77, **settings)
     expected = python_api(
-        reference_model, prompt="warm bass", duration=2.0, seed=77, steps=settings.get("steps", 4),
-        batch_size=settings.get("batch", 1), cfg_scale=settings.get("cfg") or None,
-        apg_scale=settings.get("apg", 1.0), negative_prompt=settings.get("negative") or None,
+        reference_model,
+        prompt="warm bass",
+        duration=2.0,
+        seed=77,
+        steps=settings.get("steps", 4),
+        batch_size=settings.get("batch", 1),
+        cfg_scale=settings.get("cfg") or None,
+        apg_scale=settings.get("apg", 1.0),
+        negative_prompt=settings.get("negative") or None,
         sampler_type=settings.get("sampler"),
         dist_shift={"type": "flux", "alpha_min": settings["shift"], "alpha_max": settings["shift"]}
-        if settings.get("shift") else None,
+        if settings.get("shift")
+        else None,
     )
     assert_matches(sa3_server, comfy, comfy.run(graph, timeout_s=300), expected)
 
 
-def test_lora_changes_only_its_own_branch(sa3_server: ComfyServer, comfy: ComfyClient,
-                                          reference_model: StableAudioModel, fixtures_dir: Path) -> None:
+def test_lora_changes_only_its_own_branch(
+    sa3_server: ComfyServer, comfy: ComfyClient, reference_model: StableAudioModel, fixtures_dir: Path
+) -> None:
     stack = ((SA3_LORAS[0], 0.8, "dit and conditioner"), (SA3_LORAS[1], 1.0, "dit"))
 
     def with_stack(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,8 +269,12 @@ def test_lora_changes_only_its_own_branch(sa3_server: ComfyServer, comfy: ComfyC
 
     # LoRA branch, then the plain model (its weights must be back to the base), then LoRA again.
     assert_matches(sa3_server, comfy, comfy.run(t2a_graph(seed=501, loras=stack), timeout_s=300), with_stack(501))
-    assert_matches(sa3_server, comfy, comfy.run(t2a_graph(seed=502), timeout_s=300),
-                   python_api(reference_model, prompt="piano", duration=2.0, steps=4, seed=502))
+    assert_matches(
+        sa3_server,
+        comfy,
+        comfy.run(t2a_graph(seed=502), timeout_s=300),
+        python_api(reference_model, prompt="piano", duration=2.0, steps=4, seed=502),
+    )
     assert_matches(sa3_server, comfy, comfy.run(t2a_graph(seed=503, loras=stack), timeout_s=300), with_stack(503))
 
 
@@ -207,12 +282,14 @@ def test_interrupt_stops_sampling_and_the_next_prompt_runs(sa3_server: ComfyServ
     long_run = t2a_graph("rain", seed=9, steps=1000)  # minutes if nothing stops it
     with comfy.events() as events:
         prompt_id = comfy.queue_prompt(long_run)
-        events.wait_for("progress", lambda d: d.get("prompt_id") == prompt_id and d.get("node") == "4",
-                        timeout_s=180)
+        events.wait_for("progress", lambda d: d.get("prompt_id") == prompt_id and d.get("node") == "4", timeout_s=180)
         comfy.interrupt(prompt_id)
         result = comfy.wait_for(prompt_id, timeout_s=120)
-        steps_done = [m["data"]["value"] for m in events.drain()
-                      if m["type"] == "progress" and m["data"].get("prompt_id") == prompt_id]
+        steps_done = [
+            m["data"]["value"]
+            for m in events.drain()
+            if m["type"] == "progress" and m["data"].get("prompt_id") == prompt_id
+        ]
     assert result.interrupted and not result.ok
     assert result.message("execution_interrupted")["node_id"] == "4"
     assert max(steps_done) < 1000
@@ -234,20 +311,36 @@ def assert_next_prompt_runs(comfy: ComfyClient) -> None:
 def inpaint_graph(regions: str) -> dict[str, Any]:
     graph = t2a_graph("guitar", duration=4.0)
     graph["7"] = {"class_type": "LoadAudio", "inputs": {"audio": SA3_EXAMPLE_INPUT}}
-    graph["8"] = {"class_type": "SA3_InpaintMask", "inputs": {
-        "model": ["1", 0], "latent": ["3", 0], "audio": ["7", 0], "mode": "regions", "regions": regions}}
+    graph["8"] = {
+        "class_type": "SA3_InpaintMask",
+        "inputs": {"model": ["1", 0], "latent": ["3", 0], "audio": ["7", 0], "mode": "regions", "regions": regions},
+    }
     graph["4"]["inputs"]["latent"] = ["8", 0]
     return graph
 
 
-@pytest.mark.parametrize("node, graph, message", [
-    ("8", inpaint_graph("0.5-1.0, 3.0-2.0"), "inpaint region 1: end 2.0 s must be after start 3.0 s"),
-    ("8", inpaint_graph("0.5 to"), "write start-end in seconds"),
-    ("1", t2a_graph() | {"1": {"class_type": "SA3_ModelLoader", "inputs": {
-        "model": "no-such-model", "text_encoder": "auto", "dtype": "auto", "attention": "auto"}}}, "not found"),
-], ids=["inverted-region", "unreadable-region", "missing-model"])
-def test_bad_widget_value_is_a_node_error(node: str, graph: dict[str, Any], message: str,
-                                          sa3_server: ComfyServer, comfy: ComfyClient) -> None:
+@pytest.mark.parametrize(
+    "node, graph, message",
+    [
+        ("8", inpaint_graph("0.5-1.0, 3.0-2.0"), "inpaint region 1: end 2.0 s must be after start 3.0 s"),
+        ("8", inpaint_graph("0.5 to"), "write start-end in seconds"),
+        (
+            "1",
+            t2a_graph()
+            | {
+                "1": {
+                    "class_type": "SA3_ModelLoader",
+                    "inputs": {"model": "no-such-model", "text_encoder": "auto", "dtype": "auto", "attention": "auto"},
+                }
+            },
+            "not found",
+        ),
+    ],
+    ids=["inverted-region", "unreadable-region", "missing-model"],
+)
+def test_bad_widget_value_is_a_node_error(
+    node: str, graph: dict[str, Any], message: str, sa3_server: ComfyServer, comfy: ComfyClient
+) -> None:
     with pytest.raises(PromptRejected) as rejected:
         comfy.queue_prompt(graph)
     errors = rejected.value.node_errors[node]["errors"]
@@ -255,14 +348,19 @@ def test_bad_widget_value_is_a_node_error(node: str, graph: dict[str, Any], mess
     assert_next_prompt_runs(comfy)
 
 
-@pytest.mark.parametrize("graph, node, message", [
-    (t2a_graph(duration=200.0, latent_duration=2.0), "2", "above this model's maximum"),
-    (t2a_graph(latent_duration=3.0), "4", "does not fit the latent"),
-    (t2a_graph(sampler="lcm"), "4", "'lcm' is not one of"),
-    (inpaint_graph("4.5-5.0"), "8", "at or after the end"),
-], ids=["duration-above-model-max", "durations-disagree", "unknown-sampler", "region-after-the-end"])
-def test_bad_input_at_run_time_is_a_node_error(graph: dict[str, Any], node: str, message: str,
-                                               sa3_server: ComfyServer, comfy: ComfyClient) -> None:
+@pytest.mark.parametrize(
+    "graph, node, message",
+    [
+        (t2a_graph(duration=200.0, latent_duration=2.0), "2", "above this model's maximum"),
+        (t2a_graph(latent_duration=3.0), "4", "does not fit the latent"),
+        (t2a_graph(sampler="lcm"), "4", "'lcm' is not one of"),
+        (inpaint_graph("4.5-5.0"), "8", "at or after the end"),
+    ],
+    ids=["duration-above-model-max", "durations-disagree", "unknown-sampler", "region-after-the-end"],
+)
+def test_bad_input_at_run_time_is_a_node_error(
+    graph: dict[str, Any], node: str, message: str, sa3_server: ComfyServer, comfy: ComfyClient
+) -> None:
     result = comfy.run(graph, timeout_s=300)
     assert not result.ok and result.error is not None
     assert result.error["node_id"] == node

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from make_example_clip import CLIP, SAMPLE_RATE, SECONDS, synthesize
 from PIL import Image
 
 from comfy_host import ComfyClient, ComfyServer
 from frontend import ComfyFrontend, frozen
-from make_example_clip import CLIP, SAMPLE_RATE, SECONDS, synthesize
 from sa3_assets import SA3_EXAMPLE_CLIP, SA3_SINGLE_FILE, SA3_TEXT_ENCODER_FILE, reset_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -87,8 +87,10 @@ def window(sa3_server: ComfyServer, comfy: ComfyClient, frontend: ComfyFrontend)
 def models_absent(server: ComfyServer, single_files: tuple[Path, Path]) -> Iterator[None]:
     """The hinted model files taken out of models/ (and put back afterwards)."""
     model_file, text_encoder_file = single_files
-    placed = {f"models/checkpoints/{SA3_SINGLE_FILE}": model_file,
-              f"models/text_encoders/{SA3_TEXT_ENCODER_FILE}": text_encoder_file}
+    placed = {
+        f"models/checkpoints/{SA3_SINGLE_FILE}": model_file,
+        f"models/text_encoders/{SA3_TEXT_ENCODER_FILE}": text_encoder_file,
+    }
     for relative in placed:
         (server.base_dir / relative).unlink()
     try:
@@ -117,8 +119,12 @@ def test_the_shipped_clip_is_the_synthesized_one() -> None:
 def test_the_pack_copies_the_clip_into_input_for_load_audio(sa3_server: ComfyServer, comfy: ComfyClient) -> None:
     assert (sa3_server.input_dir / SA3_EXAMPLE_CLIP).read_bytes() == CLIP.read_bytes()
     assert SA3_EXAMPLE_CLIP in comfy.object_info("LoadAudio")["LoadAudio"]["input"]["required"]["audio"][0]
-    loaded = [node["widgets_values"][0] for name in NAMES for node in ui_workflow(name)["nodes"]
-              if node["type"] == "LoadAudio"]
+    loaded = [
+        node["widgets_values"][0]
+        for name in NAMES
+        for node in ui_workflow(name)["nodes"]
+        if node["type"] == "LoadAudio"
+    ]
     assert loaded == [SA3_EXAMPLE_CLIP] * 3  # audio-to-audio, continuation, inpainting
 
 
@@ -137,9 +143,9 @@ def test_the_loader_hints_where_to_download_its_files(name: str, sa3_server: Com
         assert hint["directory"] in folders
 
 
-def test_missing_models_dialog_offers_the_hinted_files(sa3_server: ComfyServer,
-                                                      sa3_tiny_single_files: tuple[Path, Path],
-                                                      window: ComfyFrontend) -> None:
+def test_missing_models_dialog_offers_the_hinted_files(
+    sa3_server: ComfyServer, sa3_tiny_single_files: tuple[Path, Path], window: ComfyFrontend
+) -> None:
     with models_absent(sa3_server, sa3_tiny_single_files):
         for name in NAMES:
             window.open()  # a fresh page: the frontend caches model folder listings
@@ -168,8 +174,9 @@ def assert_fits_the_window(view: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_dropped_template_fits_runs_and_shows_its_spectrograms(name: str, sa3_server: ComfyServer,
-                                                               comfy: ComfyClient, window: ComfyFrontend) -> None:
+def test_dropped_template_fits_runs_and_shows_its_spectrograms(
+    name: str, sa3_server: ComfyServer, comfy: ComfyClient, window: ComfyFrontend
+) -> None:
     window.open()
     window.drop_workflow(ui_workflow(name), f"{name}.json")
     window.page.wait_for_timeout(500)  # the frontend fits the view on the next animation frame
@@ -198,8 +205,9 @@ def test_dropped_template_fits_runs_and_shows_its_spectrograms(name: str, sa3_se
 # -- the template browser -------------------------------------------------------------------------------------
 
 
-def test_template_browser_shows_a_thumbnail_for_each_template(sa3_server: ComfyServer, comfy: ComfyClient,
-                                                              window: ComfyFrontend) -> None:
+def test_template_browser_shows_a_thumbnail_for_each_template(
+    sa3_server: ComfyServer, comfy: ComfyClient, window: ComfyFrontend
+) -> None:
     for name in NAMES:
         thumbnail = Image.open(io.BytesIO(comfy.get(f"/api/workflow_templates/{PACK_FOLDER}/{name}.jpg").content))
         assert thumbnail.format == "JPEG" and thumbnail.size == (512, 512)  # the browser's cards are square
@@ -213,7 +221,10 @@ def test_template_browser_shows_a_thumbnail_for_each_template(sa3_server: ComfyS
     # The cards show the fetched thumbnails (as blob: URLs): six loaded 512-px pictures in the dialog.
     window.page.wait_for_function(
         """(count) => [...document.querySelectorAll(".p-dialog img")]
-               .filter(img => img.complete && img.naturalWidth === 512).length === count""", arg=len(NAMES))
+               .filter(img => img.complete && img.naturalWidth === 512).length === count""",
+        arg=len(NAMES),
+    )
     assert sorted(name.split("?")[0] for name in served if name.split("?")[0].endswith(".jpg")) == [
-        f"{name}.jpg" for name in NAMES]
+        f"{name}.jpg" for name in NAMES
+    ]
     window.page.keyboard.press("Escape")

@@ -28,6 +28,7 @@ import pytest
 import torch
 
 from comfy_host import ComfyClient, ComfyServer, PromptResult, comparable_prompt, decode_audio
+from frontend import ComfyFrontend, frozen
 from sa3_assets import (
     SA3_LORAS,
     reset_cache,
@@ -35,8 +36,6 @@ from sa3_assets import (
     saved_latent,
     with_latent_savers,
 )
-from frontend import ComfyFrontend, frozen
-
 from sa3_core.pipeline import StableAudioModel
 from tests.helpers import relative_l2
 
@@ -70,23 +69,49 @@ def with_loras(model: StableAudioModel, fixtures_dir: Path, call: Callable[[], A
 # What each workflow computes, as a StableAudioModel.generate call (steps / cfg None = the model's defaults,
 # as the sampler's 0). The keys are the workflow file stems.
 REFERENCES: dict[str, dict[str, Any]] = {
-    "sa3_text_to_audio": dict(prompt="TrackType: Music, VocalType: Instrumental, Genre: Ambient, Instruments: Synth, "
-                                     "Piano, Mood: Calm, Warm, 90 BPM, Key: D minor, warm analog synth pads with soft "
-                                     "piano", duration=10.0, seed=42),  # the Prompt Builder's output
-    "sa3_audio_to_audio": dict(prompt="dark techno drums with deep bass", duration=4.0, seed=7,
-                               init_audio="example", init_noise_level=0.9),
-    "sa3_inpainting": dict(prompt="bright jazz guitar", duration=4.0, seed=11, inpaint_audio="example",
-                           inpaint_mask_start_seconds=[0.5, 2.5], inpaint_mask_end_seconds=[1.0, 3.5]),
-    "sa3_continuation": dict(prompt="slow ambient strings, warm", duration=8.0, seed=5, inpaint_audio="example",
-                             inpaint_mask_start_seconds=4.0, inpaint_mask_end_seconds=8.0),
-    "sa3_batch_prompts": dict(prompt=["soft rain on a window", "fast jazz drums", "low thunder, dark"],
-                              duration=[3.0, 2.0, 1.5], batch_size=3, seed=123),
+    "sa3_text_to_audio": dict(
+        prompt="TrackType: Music, VocalType: Instrumental, Genre: Ambient, Instruments: Synth, "
+        "Piano, Mood: Calm, Warm, 90 BPM, Key: D minor, warm analog synth pads with soft "
+        "piano",
+        duration=10.0,
+        seed=42,
+    ),  # the Prompt Builder's output
+    "sa3_audio_to_audio": dict(
+        prompt="dark techno drums with deep bass", duration=4.0, seed=7, init_audio="example", init_noise_level=0.9
+    ),
+    "sa3_inpainting": dict(
+        prompt="bright jazz guitar",
+        duration=4.0,
+        seed=11,
+        inpaint_audio="example",
+        inpaint_mask_start_seconds=[0.5, 2.5],
+        inpaint_mask_end_seconds=[1.0, 3.5],
+    ),
+    "sa3_continuation": dict(
+        prompt="slow ambient strings, warm",
+        duration=8.0,
+        seed=5,
+        inpaint_audio="example",
+        inpaint_mask_start_seconds=4.0,
+        inpaint_mask_end_seconds=8.0,
+    ),
+    "sa3_batch_prompts": dict(
+        prompt=["soft rain on a window", "fast jazz drums", "low thunder, dark"],
+        duration=[3.0, 2.0, 1.5],
+        batch_size=3,
+        seed=123,
+    ),
     "sa3_lora_stack": dict(prompt="house music, bright synth, bass", duration=8.0, seed=2024, loras=True),
 }
 # Which node saves the audio in each workflow (the SaveAudio node id in the API file).
-SAVE_NODE = {name: next(i for i, n in json.loads((WORKFLOWS / "api" / f"{name}.json").read_text()).items()
-                        if n["class_type"] == "SaveAudio")
-             for name in REFERENCES}
+SAVE_NODE = {
+    name: next(
+        i
+        for i, n in json.loads((WORKFLOWS / "api" / f"{name}.json").read_text()).items()
+        if n["class_type"] == "SaveAudio"
+    )
+    for name in REFERENCES
+}
 NAMES = sorted(REFERENCES)
 
 
@@ -94,8 +119,9 @@ NAMES = sorted(REFERENCES)
 def workflow_reference_model(sa3_tiny_single_files: tuple[Path, Path]) -> StableAudioModel:
     """The files the workflows' loader names (the Comfy-Org layout of the tiny model)."""
     model_file, text_encoder_file = sa3_tiny_single_files
-    return StableAudioModel.from_pretrained(model_file, device="cpu", dtype=torch.float32,
-                                            text_encoder_path=text_encoder_file)
+    return StableAudioModel.from_pretrained(
+        model_file, device="cpu", dtype=torch.float32, text_encoder_path=text_encoder_file
+    )
 
 
 @dataclass
@@ -121,7 +147,9 @@ def reference(workflow_reference_model: StableAudioModel, fixtures_dir: Path) ->
                     kwargs[key] = example_input()
 
             def call() -> tuple[Any, torch.Tensor]:
-                return workflow_reference_model.generate(**kwargs), workflow_reference_model.generate(**kwargs, return_latents=True)
+                return workflow_reference_model.generate(**kwargs), workflow_reference_model.generate(
+                    **kwargs, return_latents=True
+                )
 
             audio, latents = with_loras(workflow_reference_model, fixtures_dir, call) if use_loras else call()
             init_latents = None
@@ -155,12 +183,13 @@ def check_saved_audio(comfy: ComfyClient, result: PromptResult, name: str, expec
         assert rate == SAMPLE_RATE
         assert waveform.shape == (2, longest)
         np.testing.assert_allclose(waveform[:, : want.shape[-1]], want, rtol=0, atol=ATOL)
-        assert not waveform[:, want.shape[-1]:].any()
+        assert not waveform[:, want.shape[-1] :].any()
         assert np.abs(want).max() > 100 * ATOL  # a real signal, not silence on both sides
 
 
-def check_saved_latents(server: ComfyServer, result: PromptResult, graph: dict[str, Any], savers: dict[str, str],
-                        expected: Expected) -> None:
+def check_saved_latents(
+    server: ComfyServer, result: PromptResult, graph: dict[str, Any], savers: dict[str, str], expected: Expected
+) -> None:
     """Each saved latent (see with_latent_savers) equals the Python API's: the sampler's output its latents,
     the Init Audio node's output the encoded clip."""
     kinds = sorted(graph[node]["class_type"] for node in savers.values())
@@ -192,8 +221,9 @@ def test_templates_list_the_ui_workflows(sa3_server: ComfyServer, comfy: ComfyCl
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_api_workflow_matches_python_api(name: str, sa3_server: ComfyServer, comfy: ComfyClient,
-                                         reference: Callable[[str], Expected]) -> None:
+def test_api_workflow_matches_python_api(
+    name: str, sa3_server: ComfyServer, comfy: ComfyClient, reference: Callable[[str], Expected]
+) -> None:
     reset_cache(comfy)
     graph, savers = with_latent_savers(api_workflow(name), (SAMPLER, INIT_AUDIO))
     result = comfy.run(graph, timeout_s=300)
@@ -203,15 +233,22 @@ def test_api_workflow_matches_python_api(name: str, sa3_server: ComfyServer, com
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_frontend_loads_and_runs_ui_workflow(name: str, sa3_server: ComfyServer, comfy: ComfyClient,
-                                             frontend: ComfyFrontend, object_info: dict[str, Any],
-                                             reference: Callable[[str], Expected]) -> None:
+def test_frontend_loads_and_runs_ui_workflow(
+    name: str,
+    sa3_server: ComfyServer,
+    comfy: ComfyClient,
+    frontend: ComfyFrontend,
+    object_info: dict[str, Any],
+    reference: Callable[[str], Expected],
+) -> None:
     workflow = ui_workflow(name)
     assert not frontend.missing_node_types(workflow)
     frontend.drop_workflow(workflow, f"{name}.json")  # the drag-and-drop path
     # The frontend checks a dropped file against its workflow schema and only warns (in a toast) when it fails.
     assert "Invalid workflow" not in frontend.page.content()
-    assert comparable_prompt(frontend.graph_to_prompt(), object_info) == comparable_prompt(api_workflow(name), object_info)
+    assert comparable_prompt(frontend.graph_to_prompt(), object_info) == comparable_prompt(
+        api_workflow(name), object_info
+    )
 
     reset_cache(comfy)
     prompt_id = frontend.queue()

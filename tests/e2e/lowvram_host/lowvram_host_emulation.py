@@ -53,12 +53,18 @@ def install() -> None:
     model_load = mm.LoadedModel.model_load
     low_vram_patch = comfy.model_patcher.LowVramPatch.__call__
 
-    def emulated_load_models_gpu(models, memory_required=0, force_patch_weights=False,
-                                 minimum_memory_required=None, force_full_load=False):
+    def emulated_load_models_gpu(
+        models, memory_required=0, force_patch_weights=False, minimum_memory_required=None, force_full_load=False
+    ):
         requested["full load"] = force_full_load
         try:
-            return load_models_gpu(models, memory_required=memory_required, force_patch_weights=force_patch_weights,
-                                   minimum_memory_required=minimum_memory_required, force_full_load=force_full_load)
+            return load_models_gpu(
+                models,
+                memory_required=memory_required,
+                force_patch_weights=force_patch_weights,
+                minimum_memory_required=minimum_memory_required,
+                force_full_load=force_full_load,
+            )
         finally:
             requested["full load"] = False
 
@@ -72,8 +78,10 @@ def install() -> None:
                 budget = int(float(BUDGET) * patcher.model_size())
                 lowvram_model_memory = max(budget - self.model_loaded_memory(), 0) or 0.1
         loaded = model_load(self, lowvram_model_memory, force_patch_weights=force_patch_weights)
-        log(f"load {type(patcher.model).__name__}: {json.dumps(load_report(patcher, budget))}; "
-            f"counts {json.dumps(dict(sorted(COUNTS.items())))}")
+        log(
+            f"load {type(patcher.model).__name__}: {json.dumps(load_report(patcher, budget))}; "
+            f"counts {json.dumps(dict(sorted(COUNTS.items())))}"
+        )
         return loaded
 
     def counted_low_vram_patch(self, weight):
@@ -101,9 +109,14 @@ def load_report(patcher, budget: float | None) -> dict:
             watch_forwards(module)
         elif params:
             modules["offloaded, not cast"] += 1
-    return {"budget": budget, "loaded bytes": patcher.loaded_size(), "size": patcher.model_size(),
-            "partial": bool(patcher.model.model_lowvram), "lowvram patches": patcher.lowvram_patch_counter(),
-            "modules": dict(sorted(modules.items()))}
+    return {
+        "budget": budget,
+        "loaded bytes": patcher.loaded_size(),
+        "size": patcher.model_size(),
+        "partial": bool(patcher.model.model_lowvram),
+        "lowvram patches": patcher.lowvram_patch_counter(),
+        "modules": dict(sorted(modules.items())),
+    }
 
 
 def watch_forwards(module) -> None:

@@ -186,7 +186,7 @@ def prefetch_prepared_value(value, counter: list[int], destination: torch.Tensor
         counter[0] += vram_aligned_size(value)
         if destination is None:
             return value
-        staged = destination[offset:offset + value.numel() * value.element_size()].view(value.dtype).view(value.shape)
+        staged = destination[offset : offset + value.numel() * value.element_size()].view(value.dtype).view(value.shape)
         staged.copy_(value)
         return staged
     if isinstance(value, WeightAdapterBase):
@@ -232,7 +232,9 @@ class StagedLowVramPatch:
             prefetch_prepared_value(patch[1], size, None)
         staging = torch.empty(size[0], dtype=torch.uint8, device=weight.device)
         offset = [0]
-        prepared = [(p[0], prefetch_prepared_value(p[1], offset, staging), p[2], p[3], p[4]) for p in self.patches[self.key]]
+        prepared = [
+            (p[0], prefetch_prepared_value(p[1], offset, staging), p[2], p[3], p[4]) for p in self.patches[self.key]
+        ]
         COUNTS["staged patch applications"] += 1
         return comfy.lora.calculate_weight(prepared, weight, self.key, intermediate_dtype=weight.dtype)
 
@@ -302,13 +304,18 @@ def _dynamic_core_model_patcher() -> None:
                         module.comfy_cast_weights = True
                         module.weight_function, module.bias_function = [], []
                         streams = comfy.model_management.module_size(module) > STREAM_MIN_BYTES and all(
-                            calculate_shape(self.patches[key], getattr(module, param), key) == getattr(module, param).shape
-                            for param, key in keys.items() if key in self.patches)
+                            calculate_shape(self.patches[key], getattr(module, param), key)
+                            == getattr(module, param).shape
+                            for param, key in keys.items()
+                            if key in self.patches
+                        )
                         if streams:
                             streamed += 1
                             for param in ("weight", "bias"):
                                 if param in keys and keys[param] in self.patches:
-                                    getattr(module, f"{param}_function").append(StagedLowVramPatch(keys[param], self.patches))
+                                    getattr(module, f"{param}_function").append(
+                                        StagedLowVramPatch(keys[param], self.patches)
+                                    )
                                     staged += 1
                             keys = {p: k for p, k in keys.items() if p not in ("weight", "bias")}
                     for key in keys.values():
@@ -318,8 +325,11 @@ def _dynamic_core_model_patcher() -> None:
                     comfy.utils.set_attr(self.model, key, buffer.to(device=device_to))
                 self.model.device = device_to
                 self.model.current_weight_patches_uuid = self.patches_uuid
-            log(f"dynamic load {type(self.model).__name__}: {streamed} streamed layers, {staged} patches applied "
-                f"at each forward, {len(self.backup)} force-loaded weights; counts {json.dumps(dict(sorted(COUNTS.items())))}")
+            log(
+                f"dynamic load {type(self.model).__name__}: {streamed} streamed layers, {staged} patches applied "
+                f"at each forward, {len(self.backup)} force-loaded weights; "
+                f"counts {json.dumps(dict(sorted(COUNTS.items())))}"
+            )
 
         def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
             assert not force_patch_weights

@@ -242,7 +242,7 @@ def audit_decode_memory() -> list[str]:
 def audit_offload() -> list[str]:
     model_py = (REPO / "nodes" / "model.py").read_text()
     # One patcher per stage: each "<patcher class>(SA3<Stage>Part(...)" construction in nodes/model.py.
-    patchers = len(re.findall(r"\b\w*[Pp]atcher\w*\(SA3\w+Part\(", model_py))
+    patchers = len(re.findall(r"\b\w*[Pp]atcher\w*\(\s*SA3\w+Part\(", model_py))
     loads = len(re.findall(r"load_models_gpu", model_py))
     pipeline = (REPO / "sa3_core" / "pipeline.py").read_text()
     moves = re.findall(r"self\.(?:dit|autoencoder|text_encoder|conditioners)\.to\(", pipeline)

@@ -90,17 +90,22 @@ def test_the_audit_finds_a_plain_norm_and_a_non_leaf_parameter():
 
 
 def test_t5gemma_rotary_buffers_move_to_the_input_device_at_use(fixtures_dir: Path):
-    """The justification for OUTSIDE_CASTING_MODULES: transformers' own forward calls ``inv_freq.to(device=..)``
-    with the input's device (watched through torch's function hook; one device here, so the call is what
-    can be seen)."""
+    """The justification for OUTSIDE_CASTING_MODULES: transformers' own forward moves ``inv_freq`` (5.x:
+    ``inv_freq.to(device=..)``; 4.x: a view of it, ``.to(x.device)``) to the input's device (watched through
+    torch's function hook on any tensor sharing inv_freq's storage; one device here, so the call is what can
+    be seen)."""
     loaded = load_components(fixtures_dir / "tiny-small", device="cpu", dtype=torch.float32)
     rotary = next(m for m in loaded.text_encoder.model.modules() if type(m).__name__ == "T5GemmaRotaryEmbedding")
     moves = []
 
+    def shares_inv_freq(tensor: object) -> bool:
+        storage = rotary.inv_freq.untyped_storage().data_ptr()
+        return torch.is_tensor(tensor) and tensor.untyped_storage().data_ptr() == storage
+
     class WatchMoves(torch.overrides.TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            if func is torch.Tensor.to and args and args[0] is rotary.inv_freq:
+            if func is torch.Tensor.to and args and shares_inv_freq(args[0]):
                 moves.append(kwargs.get("device", args[1] if len(args) > 1 else None))
             return func(*args, **kwargs)
 

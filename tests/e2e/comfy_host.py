@@ -94,6 +94,14 @@ def free_port() -> int:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def changed_folder(folder: Path) -> None:
+    """Move a model folder's mtime past its last value. ComfyUI's folder_paths keeps a listing until the
+    folder's mtime changes, and the filesystem's mtime has the kernel's coarse clock tick: a file removed and
+    put back within one tick leaves the mtime of the listing taken in between, which then stays stale."""
+    stat = folder.stat()
+    os.utime(folder, ns=(stat.st_atime_ns, max(time.time_ns(), stat.st_mtime_ns + 10_000_000)))
+
+
 class ComfyServer:
     """`python main.py [--cpu]` on a loopback port, with our packs symlinked into its custom_nodes.
 
@@ -160,7 +168,14 @@ class ComfyServer:
         if target.is_symlink() or target.exists():
             target.unlink()
         target.symlink_to(Path(source).resolve())
+        changed_folder(target.parent)
         return target
+
+    def remove(self, relative: str) -> None:
+        """Remove `<base_dir>/<relative>` (a file or link) while the server runs."""
+        target = self.base_dir / relative
+        target.unlink()
+        changed_folder(target.parent)
 
     def start(self) -> None:
         # --base-directory requires custom_nodes/ to exist, or the prestartup scan crashes.

@@ -21,7 +21,7 @@ import requests
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from comfy_host import ComfyClient, ComfyServer, PromptRejected, decode_audio
+from comfy_host import ComfyClient, ComfyServer, PromptRejected, changed_folder, decode_audio
 from sa3_assets import SA3_EXAMPLE_INPUT, SA3_LORAS, SA3_MODEL_NAME, SA3_TEXT_ENCODER_FILE
 from sa3_core.pipeline import StableAudioModel
 
@@ -142,11 +142,11 @@ def run_error(comfy: ComfyClient, nodes: dict[str, Any]) -> dict[str, Any]:
 @contextmanager
 def placed(server: ComfyServer, relative: str, source: Path) -> Iterator[str]:
     """``source`` linked into the server's folders for the duration of the block; yields its listed name."""
-    target = server.link(relative, source)
+    server.link(relative, source)
     try:
         yield relative.split("/", 2)[2]
     finally:
-        target.unlink()
+        server.remove(relative)
 
 
 @contextmanager
@@ -155,10 +155,12 @@ def set_aside(server: ComfyServer, relative: str) -> Iterator[None]:
     target = server.base_dir / relative
     aside = target.with_name(f".{target.name}.aside")
     target.rename(aside)
+    changed_folder(target.parent)
     try:
         yield
     finally:
         aside.rename(target)
+        changed_folder(target.parent)
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int) -> str:

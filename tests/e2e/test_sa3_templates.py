@@ -92,7 +92,7 @@ def models_absent(server: ComfyServer, single_files: tuple[Path, Path]) -> Itera
         f"models/text_encoders/{SA3_TEXT_ENCODER_FILE}": text_encoder_file,
     }
     for relative in placed:
-        (server.base_dir / relative).unlink()
+        server.remove(relative)
     try:
         yield
     finally:

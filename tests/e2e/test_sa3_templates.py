@@ -173,15 +173,33 @@ def assert_fits_the_window(view: dict[str, Any]) -> None:
             assert x1 <= m0 or x0 >= m1 or y1 <= n0 or y0 >= n1, (title, "under the minimap")
 
 
+def drop_with_its_models_present(window: ComfyFrontend, comfy: ComfyClient, name: str) -> None:
+    """Drop a template on a fresh page; no missing-models dialog may appear, the hinted files being present.
+
+    Under a heavy machine load the frontend (1.32.9) now and then reports a present file as missing (one or two
+    of the 18 drops of a full test run, never when this file runs alone; each time the text encoder's file,
+    which the server listed). When that happens,
+    the server must list the file (so the dialog was the frontend's race, not our hint or folder), and the next
+    drop on a fresh page must show no dialog."""
+    for _ in range(2):
+        window.open()
+        window.drop_workflow(ui_workflow(name), f"{name}.json")
+        window.page.wait_for_timeout(500)  # the frontend fits the view on the next animation frame
+        dialog = missing_models_dialog(window)
+        if dialog.count() == 0:
+            return
+        text = dialog.inner_text()
+        for file_name, folder in HINTED.items():
+            listed = [m["name"] for m in comfy.get(f"/api/experiment/models/{folder}").json()]
+            assert file_name in listed, (text, folder, listed)
+    raise AssertionError(f"missing-models dialog on both drops: {text}")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_dropped_template_fits_runs_and_shows_its_spectrograms(
     name: str, sa3_server: ComfyServer, comfy: ComfyClient, window: ComfyFrontend
 ) -> None:
-    window.open()
-    window.drop_workflow(ui_workflow(name), f"{name}.json")
-    window.page.wait_for_timeout(500)  # the frontend fits the view on the next animation frame
-    dialog = missing_models_dialog(window)
-    assert dialog.count() == 0, dialog.inner_text()
+    drop_with_its_models_present(window, comfy, name)
     assert_fits_the_window(window.page.evaluate(_VIEW))
 
     reset_cache(comfy)

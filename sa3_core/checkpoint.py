@@ -51,7 +51,7 @@ from .t5gemma import (
     transformers_key_to_comfy,
 )
 from .tokenizer import TokenizerError, tokenizer_from_sentencepiece
-from .validation import require_finite
+from .validation import json_file_object, json_object, require_finite
 
 Shape = tuple[int, ...]
 Operations = Any  # see sa3_core.ops
@@ -631,27 +631,13 @@ def _folder_weights(folder: Path, what: str) -> Path:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return data
+    return json_file_object(path, ConfigError)
 
 
 def _metadata_json(file: SafetensorsFile, key: str, default: Any) -> Any:
     """A JSON object stored as text in a safetensors file's metadata, or ``default`` when absent."""
     text = file.metadata().get(key)
-    if text is None:
-        return default
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{file.name}: metadata {key!r} is not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{file.name}: metadata {key!r} must be a JSON object")
-    return value
+    return default if text is None else json_object(text, f"{file.name}: metadata {key!r}", CheckpointError)
 
 
 def _is_standalone_same_config(data: Mapping[str, Any]) -> bool:

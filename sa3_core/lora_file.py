@@ -22,7 +22,6 @@ Deliberate differences from the official loader (which loads with ``strict=False
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from .lora_adapter import ADAPTER_TENSORS, ADAPTER_TYPES, Adapter, LoRAError
-from .validation import finite_number, require_finite
+from .validation import finite_number, json_object, require_finite
 
 # LoRA key prefix -> the model part it adapts. ``model.`` is the official DiTWrapper's attribute that
 # holds the DiT; ``conditioners.`` the MultiConditioner's dict of conditioners. Our DiT and
@@ -151,15 +150,7 @@ def _check_is_safetensors(path: Path) -> None:
 
 def _parse_metadata(metadata: Mapping[str, str] | None, path: Path) -> dict:
     raw = (metadata or {}).get("lora_config")
-    if raw is None:
-        return {}
-    try:
-        config = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise LoRAError(f"{path}: lora_config metadata is not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise LoRAError(f"{path}: lora_config metadata must be a JSON object, got {type(config).__name__}")
-    return config
+    return {} if raw is None else json_object(raw, f"{path}: lora_config metadata", LoRAError)
 
 
 def _patterns(value: object, key: str, path: Path) -> tuple[str, ...] | None:

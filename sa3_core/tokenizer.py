@@ -20,10 +20,11 @@ code calls it (``truncation=True, max_length=256, padding="max_length"``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .validation import json_file_object
 
 _PIECE_CONTROL, _PIECE_USER_DEFINED = 3, 4
 _SPM_BPE = 2
@@ -101,15 +102,7 @@ def tokenizer_from_folder(folder: str | Path):
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{path}: expected a JSON object")
-    return data
+    return json_file_object(path, TokenizerError) if path.is_file() else {}
 
 
 def _token(value: Any) -> str | None:

@@ -7,9 +7,11 @@ class its caller passes) before any work is done.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -67,6 +69,26 @@ def require_finite(tensor: torch.Tensor, message: str, error: type[ValueError] =
 # ---------------------------------------------------------------------------------------------------
 # The request
 # ---------------------------------------------------------------------------------------------------
+
+
+def json_object(text: str, source: str, error: type[ValueError] = ValueError) -> dict:
+    """``text`` parsed as a JSON object (a config, a file's metadata); ``error`` naming ``source`` otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{source} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise error(f"{source} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def json_file_object(path: Path, error: type[ValueError] = ValueError) -> dict:
+    """The UTF-8 JSON object in the file ``path`` (see :func:`json_object`)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path} is not valid JSON ({exc})") from None
+    return json_object(text, str(path), error)
 
 
 def validate_batch_size(size: object, name: str = "batch_size") -> int:
